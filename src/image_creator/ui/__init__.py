@@ -1,0 +1,1 @@
+"""User interface: reporters are injected into the pipeline, never imported by logic."""

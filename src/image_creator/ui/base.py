@@ -1,0 +1,50 @@
+"""What the pipeline may ask of a user interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
+
+# Called with the number of bytes just processed (downloaded, written, extracted).
+ProgressCallback = Callable[[int], None]
+
+
+def no_progress(_nbytes: int) -> None:
+    """A ProgressCallback that ignores progress."""
+
+
+class Reporter(Protocol):
+    def step(self, title: str) -> AbstractContextManager[None]:
+        """A named step of the pipeline, timed."""
+        ...
+
+    def info(self, message: str) -> None: ...
+
+    def warning(self, message: str) -> None: ...
+
+    def progress(self, label: str, total: int | None) -> AbstractContextManager[ProgressCallback]:
+        """A progress bar for long work; yields the callback to advance it by bytes."""
+        ...
+
+
+class NullReporter:
+    """Shows nothing; used in tests and as a default."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.messages.append(f"step: {title}")
+        yield
+
+    def info(self, message: str) -> None:
+        self.messages.append(message)
+
+    def warning(self, message: str) -> None:
+        self.messages.append(f"warning: {message}")
+
+    @contextmanager
+    def progress(self, label: str, total: int | None) -> Iterator[ProgressCallback]:
+        yield no_progress
