@@ -1,0 +1,420 @@
+"""Strict YAML -> Config. Every problem is reported at once, each with its key path."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import logging
+import os
+import posixpath
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+from docker_export import Image
+
+from image_creator.config.model import (
+    BASE_URL_TEMPLATE_ENV,
+    DATA_ROOT,
+    DEFAULT_BASE_URL_TEMPLATE,
+    BaseImage,
+    Checksum,
+    ChecksumAlgo,
+    ChecksumKind,
+    Config,
+    FileEntry,
+    OciImage,
+    Via,
+)
+from image_creator.config.units import UnitError, parse_size
+from image_creator.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+_E = TypeVar("_E", Via, ChecksumAlgo, ChecksumKind)
+REMOTE_SCHEMES = ("http", "https")
+URL_SCHEMES = (*REMOTE_SCHEMES, "file")
+VERSION_PATTERN = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
+DIGEST_LENGTHS = {
+    ChecksumAlgo.SHA1: 40,
+    ChecksumAlgo.SHA224: 56,
+    ChecksumAlgo.SHA256: 64,
+    ChecksumAlgo.SHA384: 96,
+    ChecksumAlgo.SHA512: 128,
+    ChecksumAlgo.MD5: 32,
+    ChecksumAlgo.ADLER32: 8,
+}
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    warnings: tuple[str, ...] = ()
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping."""
+
+
+def _construct_mapping_no_duplicates(
+    loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping_no_duplicates,
+)
+
+
+def parse_yaml(text: str, label: str) -> Any:
+    """The YAML document; a syntax error or duplicate key becomes a one-line ConfigError."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
+        raise ConfigError([f"{where}: invalid YAML: {exc.problem}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{label}: invalid YAML: {exc}"]) from exc
+
+
+@dataclass
+class _Reader:
+    """Collects problems and warnings while walking the document."""
+
+    label: str
+    base_dir: Path
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{self.label}: {path}: {message}")
+
+    def warn(self, path: str, message: str) -> None:
+        self.warnings.append(f"{self.label}: {path}: {message}")
+
+    def check_keys(self, path: str, mapping: Mapping[str, Any], known: tuple[str, ...]) -> None:
+        for key in mapping:
+            if key in known:
+                continue
+            where = f"{path}.{key}" if path else str(key)
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            self.warn(where, f"unknown key, ignored{hint}")
+
+    def mapping(self, path: str, value: Any) -> Mapping[str, Any] | None:
+        if isinstance(value, Mapping):
+            return value
+        self.problem(path, f"expected a mapping, got {_kind(value)}")
+        return None
+
+    def string(self, path: str, value: Any) -> str | None:
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+        self.problem(path, f"expected a non-empty string, got {_kind(value)}")
+        return None
+
+    def size(self, path: str, value: Any) -> int | None:
+        try:
+            return parse_size(value)
+        except UnitError as exc:
+            self.problem(path, str(exc))
+            return None
+
+    def optional_size(self, path: str, value: Any) -> int | None:
+        return None if value is None else self.size(path, value)
+
+    def choice(self, path: str, value: Any, enum: type[_E]) -> _E | None:
+        try:
+            return enum(str(value).strip().lower())
+        except ValueError:
+            allowed = ", ".join(member.value for member in enum)
+            self.problem(path, f"unknown value {value!r}; expected one of: {allowed}")
+            return None
+
+    def source_url(self, path: str, value: Any) -> str | None:
+        """An http(s)/file URL; a local path (relative to the config's folder) becomes file://."""
+        text = self.string(path, value)
+        if text is None:
+            return None
+        scheme = urlsplit(text).scheme.lower()
+        if scheme in URL_SCHEMES:
+            if scheme in REMOTE_SCHEMES and not urlsplit(text).netloc:
+                self.problem(path, f"URL without a host: {text}")
+                return None
+            return text
+        if scheme and len(scheme) > 1:  # one letter would be a Windows drive, not a scheme
+            self.problem(path, f"unsupported URL scheme {scheme!r}: {text} (use http, https, file)")
+            return None
+        return (self.base_dir / Path(text).expanduser()).resolve().as_uri()
+
+    def items(self, path: str, value: Any) -> list[Any]:
+        if value is None:
+            return []
+        if isinstance(value, list):
+            return value
+        self.problem(path, f"expected a list, got {_kind(value)}")
+        return []
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+
+
+def _base_url_for_version(version: str) -> str:
+    template = os.environ.get(BASE_URL_TEMPLATE_ENV) or DEFAULT_BASE_URL_TEMPLATE
+    return template.format(version=version)
+
+
+def _read_checksum(reader: _Reader, path: str, value: Any) -> Checksum | None:
+    mapping = reader.mapping(path, value)
+    if mapping is None:
+        return None
+    reader.check_keys(path, mapping, ("algo", "value", "kind"))
+    algo = reader.choice(f"{path}.algo", mapping.get("algo"), ChecksumAlgo)
+    kind = reader.choice(f"{path}.kind", mapping.get("kind", "digest"), ChecksumKind)
+    text = reader.string(f"{path}.value", mapping.get("value"))
+    if algo is None or kind is None or text is None:
+        return None
+    if kind is ChecksumKind.URL:
+        url = reader.source_url(f"{path}.value", text)
+        return None if url is None else Checksum(algo=algo, value=url, kind=kind)
+    digest = text.lower()
+    if len(digest) != DIGEST_LENGTHS[algo] or not re.fullmatch(r"[0-9a-f]+", digest):
+        reader.problem(
+            f"{path}.value",
+            f"not a {algo.value} hex digest ({DIGEST_LENGTHS[algo]} hex digits): {text!r}",
+        )
+        return None
+    return Checksum(algo=algo, value=digest, kind=kind)
+
+
+def _read_base(reader: _Reader, value: Any) -> BaseImage | None:
+    if value is None:
+        reader.problem("base", "required: a release version (like 1.2.1), a URL or a path")
+        return None
+    root_size: int | None = None
+    checksum: Checksum | None = None
+    path = "base"
+    source: Any = value
+    if isinstance(value, Mapping):
+        reader.check_keys("base", value, ("source", "root_size", "rootfs_size", "checksum"))
+        path = "base.source"
+        source = value.get("source")
+        if "root_size" in value and "rootfs_size" in value:
+            reader.problem("base", "give root_size or its alias rootfs_size, not both")
+        size_key = "root_size" if "root_size" in value else "rootfs_size"
+        root_size = reader.optional_size(f"base.{size_key}", value.get(size_key))
+        if value.get("checksum") is not None:
+            checksum = _read_checksum(reader, "base.checksum", value["checksum"])
+    if isinstance(source, str) and VERSION_PATTERN.match(source.strip()):
+        version = source.strip()
+        return BaseImage(
+            url=_base_url_for_version(version),
+            root_size=root_size,
+            checksum=checksum,
+            version=version,
+        )
+    if isinstance(source, int | float) and not isinstance(source, bool):
+        reader.problem(path, f"version {source!r} must be a full release number like 1.2.1")
+        return None
+    url = reader.source_url(path, source)
+    return None if url is None else BaseImage(url=url, root_size=root_size, checksum=checksum)
+
+
+def _read_output_size(reader: _Reader, value: Any) -> int | None:
+    if value is None:
+        return None
+    mapping = reader.mapping("output", value)
+    if mapping is None:
+        return None
+    reader.check_keys("output", mapping, ("size",))
+    size = mapping.get("size", "auto")
+    if isinstance(size, str) and size.strip().lower() == "auto":
+        return None
+    parsed = reader.size("output.size", size)
+    if parsed is not None and parsed % 512:
+        reader.problem("output.size", f"{parsed} bytes is not a whole number of 512-byte sectors")
+    return parsed
+
+
+def _read_oci_image(reader: _Reader, path: str, value: Any) -> OciImage | None:
+    url: str | None = None
+    filesize = fullsize = None
+    if isinstance(value, Mapping):
+        reader.check_keys(path, value, ("ident", "id", "url", "filesize", "fullsize"))
+        key = "ident" if "ident" in value else "id"
+        ident = reader.string(f"{path}.{key}", value.get(key))
+        if value.get("url") is not None:
+            url = reader.source_url(f"{path}.url", value["url"])
+        filesize = reader.optional_size(f"{path}.filesize", value.get("filesize"))
+        fullsize = reader.optional_size(f"{path}.fullsize", value.get("fullsize"))
+        key_path = f"{path}.{key}"
+    else:
+        ident = reader.string(path, value)
+        key_path = path
+    if ident is None:
+        return None
+    try:
+        Image.parse(ident)
+    except ValueError as exc:
+        reader.problem(key_path, f"not an image reference ({exc}): {ident!r}")
+        return None
+    return OciImage(ident=ident, url=url, filesize=filesize, fullsize=fullsize)
+
+
+def _destination(reader: _Reader, path: str, value: Any) -> PurePosixPath | None:
+    text = reader.string(path, value)
+    if text is None:
+        return None
+    if not text.startswith("/"):
+        reader.problem(path, f"must be an absolute path below {DATA_ROOT}: {text!r}")
+        return None
+    if ".." in PurePosixPath(text).parts:
+        reader.problem(path, f"'..' is not allowed: {text!r}")
+        return None
+    normal = PurePosixPath(posixpath.normpath(text))
+    if normal == DATA_ROOT or DATA_ROOT not in normal.parents:
+        reader.problem(path, f"must be inside {DATA_ROOT}: {text!r}")
+        return None
+    return normal
+
+
+def _read_file(reader: _Reader, path: str, value: Any) -> FileEntry | None:
+    mapping = reader.mapping(path, value)
+    if mapping is None:
+        return None
+    reader.check_keys(path, mapping, ("to", "url", "content", "via", "size", "checksum"))
+    problems_before = len(reader.problems)
+    to = _destination(reader, f"{path}.to", mapping.get("to"))
+    via = reader.choice(f"{path}.via", mapping.get("via") or "direct", Via)
+    size = reader.optional_size(f"{path}.size", mapping.get("size"))
+    checksum = None
+    if mapping.get("checksum") is not None:
+        checksum = _read_checksum(reader, f"{path}.checksum", mapping["checksum"])
+    content: bytes | None = None
+    url: str | None = None
+    raw_content = mapping.get("content")
+    if raw_content is not None:
+        if not isinstance(raw_content, str):
+            reader.problem(f"{path}.content", f"expected text, got {_kind(raw_content)}")
+        elif via is Via.BASE64:
+            try:
+                content = base64.b64decode(raw_content, validate=False)
+            except (binascii.Error, ValueError) as exc:
+                reader.problem(f"{path}.content", f"invalid base64: {exc}")
+        elif via is not None and via.is_archive:
+            reader.problem(f"{path}.via", f"{via.value!r} needs a url; content is written as is")
+        else:
+            content = raw_content.encode("utf-8")
+        if mapping.get("url") is not None:
+            reader.warn(f"{path}.url", "ignored: content is given and wins over url")
+    elif mapping.get("url") is not None:
+        url = reader.source_url(f"{path}.url", mapping["url"])
+        if via is Via.BASE64:
+            reader.problem(f"{path}.via", "'base64' applies to content, not to a url")
+    else:
+        reader.problem(path, "needs a url or a content")
+    if len(reader.problems) > problems_before or to is None or via is None:
+        return None
+    return FileEntry(to=to, via=via, url=url, content=content, size=size, checksum=checksum)
+
+
+def parse_config(document: Any, *, label: str, base_dir: Path) -> LoadedConfig:
+    """A Config from a parsed YAML document, or a ConfigError listing every problem."""
+    reader = _Reader(label=label, base_dir=base_dir)
+    if not isinstance(document, Mapping):
+        raise ConfigError([f"{label}: expected a mapping at the top, got {_kind(document)}"])
+    reader.check_keys(
+        "", document, ("base", "output", "oci_images", "files", "write_config", "offspot")
+    )
+    base = _read_base(reader, document.get("base"))
+    output_size = _read_output_size(reader, document.get("output"))
+
+    oci_images: list[OciImage] = []
+    seen_idents: dict[str, int] = {}
+    for index, item in enumerate(reader.items("oci_images", document.get("oci_images"))):
+        image = _read_oci_image(reader, f"oci_images[{index}]", item)
+        if image is None:
+            continue
+        if image.ident in seen_idents:
+            reader.problem(
+                f"oci_images[{index}]",
+                f"{image.ident} is already listed at oci_images[{seen_idents[image.ident]}]",
+            )
+            continue
+        seen_idents[image.ident] = index
+        oci_images.append(image)
+
+    files: list[FileEntry] = []
+    seen_destinations: dict[PurePosixPath, int] = {}
+    for index, item in enumerate(reader.items("files", document.get("files"))):
+        entry = _read_file(reader, f"files[{index}]", item)
+        if entry is None:
+            continue
+        if entry.to in seen_destinations:
+            reader.problem(
+                f"files[{index}].to",
+                f"{entry.to} is already the destination of files[{seen_destinations[entry.to]}]",
+            )
+            continue
+        seen_destinations[entry.to] = index
+        files.append(entry)
+
+    write_config = document.get("write_config", False)
+    if not isinstance(write_config, bool):
+        reader.problem("write_config", f"expected true or false, got {_kind(write_config)}")
+    offspot = document.get("offspot") or {}
+    if not isinstance(offspot, Mapping):
+        reader.problem("offspot", f"expected a mapping, got {_kind(offspot)}")
+
+    if reader.problems or base is None:
+        raise ConfigError(reader.problems)
+    config = Config(
+        base=base,
+        output_size=output_size,
+        oci_images=tuple(oci_images),
+        files=tuple(files),
+        write_config=bool(write_config),
+        offspot=dict(offspot),
+        document=dict(document),
+    )
+    return LoadedConfig(config=config, warnings=tuple(reader.warnings))
+
+
+def load_config(source: str, *, read_url: Callable[[str], str]) -> LoadedConfig:
+    """Read CONFIG_SRC (a path or an http(s) URL) and parse it."""
+    if urlsplit(source).scheme.lower() in REMOTE_SCHEMES:
+        text = read_url(source)
+        return parse_config(parse_yaml(text, source), label=source, base_dir=Path.cwd())
+    path = Path(source).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError([f"{source}: cannot read config: {reason}"]) from exc
+    return parse_config(
+        parse_yaml(text, str(source)), label=str(source), base_dir=path.resolve().parent
+    )

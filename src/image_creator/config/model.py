@@ -1,0 +1,107 @@
+"""The config as typed, frozen objects. Built only by ``config.loader``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import PurePosixPath
+from typing import Any
+
+# Where the data partition is mounted on the running device; every file goes below it.
+DATA_ROOT = PurePosixPath("/data")
+OCI_PLATFORM = "linux/arm64/v8"
+DEFAULT_BASE_URL_TEMPLATE = "https://drive.offspot.it/base/offspot-base-arm64-{version}.img.xz"
+BASE_URL_TEMPLATE_ENV = "IMAGE_CREATOR_BASE_URL_TEMPLATE"
+
+
+class Via(StrEnum):
+    DIRECT = "direct"
+    BASE64 = "base64"  # only with `content`: the text is base64 of the file's bytes
+    TAR = "tar"
+    GZTAR = "gztar"
+    BZTAR = "bztar"
+    XZTAR = "xztar"
+    ZIP = "zip"
+
+    @property
+    def is_archive(self) -> bool:
+        return self not in (Via.DIRECT, Via.BASE64)
+
+    @property
+    def tar_compression(self) -> str:
+        """Compression suffix for tarfile's streaming mode ("" for plain tar)."""
+        return {Via.TAR: "", Via.GZTAR: "gz", Via.BZTAR: "bz2", Via.XZTAR: "xz"}[self]
+
+
+class ChecksumAlgo(StrEnum):
+    SHA1 = "sha-1"
+    SHA224 = "sha-224"
+    SHA256 = "sha-256"
+    SHA384 = "sha-384"
+    SHA512 = "sha-512"
+    MD5 = "md5"
+    ADLER32 = "adler32"
+
+
+class ChecksumKind(StrEnum):
+    DIGEST = "digest"
+    URL = "url"
+
+
+@dataclass(frozen=True)
+class Checksum:
+    algo: ChecksumAlgo
+    value: str  # lowercase hex digest, or the URL to read it from (kind url)
+    kind: ChecksumKind = ChecksumKind.DIGEST
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    url: str  # http(s):// or file:// (local paths are turned into file:// URLs)
+    root_size: int | None = None
+    checksum: Checksum | None = None
+    version: str | None = None  # set when given as an official release number
+
+    @property
+    def is_xz(self) -> bool:
+        return self.url.split("?", 1)[0].endswith(".xz")
+
+
+@dataclass(frozen=True)
+class OciImage:
+    ident: str
+    url: str | None = None  # an exported tar to download instead of pulling
+    filesize: int | None = None
+    fullsize: int | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    to: PurePosixPath  # absolute, normalised, below /data
+    via: Via = Via.DIRECT
+    url: str | None = None
+    content: bytes | None = None  # wins over url when both are given
+    size: int | None = None  # expanded size for archives, else the file's size
+    checksum: Checksum | None = None
+
+    @property
+    def relative_to_data(self) -> PurePosixPath:
+        """Where the entry lands on the data partition (``/data/x`` is ``x`` there)."""
+        return self.to.relative_to(DATA_ROOT)
+
+    @property
+    def is_download(self) -> bool:
+        return self.content is None
+
+
+@dataclass(frozen=True)
+class Config:
+    base: BaseImage
+    output_size: int | None = None  # None means auto
+    oci_images: tuple[OciImage, ...] = ()
+    files: tuple[FileEntry, ...] = ()
+    write_config: bool = False
+    offspot: Mapping[str, Any] = field(default_factory=dict)
+    # The document as read (after YAML parsing), written to /data/conf/image.yaml on request.
+    document: Mapping[str, Any] = field(default_factory=dict, compare=False)
