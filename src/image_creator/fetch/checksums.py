@@ -1,0 +1,175 @@
+"""Digests of downloaded content, by the algorithm names the config uses.
+
+Kept independent of the config model: an algorithm is its config name as a ``str``
+(``config.model.ChecksumAlgo`` values are ``str``), an expected digest is lowercase hex.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Protocol
+
+from image_creator.errors import ChecksumMismatchError, SourceError
+from image_creator.ui.base import ProgressCallback, no_progress
+
+# config name -> hashlib constructor name
+_HASHLIB_NAMES: Mapping[str, str] = {
+    "sha-1": "sha1",
+    "sha-224": "sha224",
+    "sha-256": "sha256",
+    "sha-384": "sha384",
+    "sha-512": "sha512",
+    "md5": "md5",
+}
+ADLER32 = "adler32"
+SUPPORTED_ALGOS: frozenset[str] = frozenset((*_HASHLIB_NAMES, ADLER32))
+
+# Length of each algorithm's digest, in hex digits.
+HEX_LENGTHS: Mapping[str, int] = {
+    "sha-1": 40,
+    "sha-224": 56,
+    "sha-256": 64,
+    "sha-384": 96,
+    "sha-512": 128,
+    "md5": 32,
+    ADLER32: 8,
+}
+
+_CHUNK_SIZE = 1024 * 1024
+_HEX = re.compile(r"[0-9a-f]+")
+# BSD-style tool output: "SHA256 (name) = digest"
+_BSD_LINE = re.compile(r"^[A-Za-z0-9-]+ \(.*\) = ([0-9A-Fa-f]+)$")
+
+
+class Hasher(Protocol):
+    """A running digest: feed it bytes, read the lowercase hex digest."""
+
+    @property
+    def algo(self) -> str:
+        """The config name of the algorithm (``sha-256``, ``adler32``, ...)."""
+        ...
+
+    def update(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class _HashlibHasher:
+    def __init__(self, algo: str) -> None:
+        self._algo = algo
+        self._hash = hashlib.new(_HASHLIB_NAMES[algo])
+
+    @property
+    def algo(self) -> str:
+        return self._algo
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._hash.update(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class _Adler32Hasher:
+    def __init__(self) -> None:
+        self._value = zlib.adler32(b"")
+
+    @property
+    def algo(self) -> str:
+        return ADLER32
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._value = zlib.adler32(data, self._value)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
+def new_hasher(algo: str) -> Hasher:
+    """A fresh hasher for a config algorithm name; ``ValueError`` for an unknown one."""
+    name = str(algo)
+    if name == ADLER32:
+        return _Adler32Hasher()
+    if name in _HASHLIB_NAMES:
+        return _HashlibHasher(name)
+    raise ValueError(f"unsupported checksum algorithm {name!r}")
+
+
+def parse_checksum_text(text: str, *, algo: str | None = None, source: str | None = None) -> str:
+    """The lowercase hex digest in a checksum document (what a ``kind: url`` URL returns).
+
+    Accepts the digest alone, ``md5sum``-style ``digest  filename`` (or ``digest *filename``),
+    and BSD-style ``ALGO (filename) = digest``; only the first non-blank line counts. With
+    ``algo``, the digest length is checked too. Raises SourceError naming ``source``.
+    """
+    where = f"{source}: " if source else ""
+    line = next((candidate.strip() for candidate in text.splitlines() if candidate.strip()), "")
+    line = line.lstrip("\ufeff")
+    bsd = _BSD_LINE.match(line)
+    if bsd:
+        digest = bsd.group(1)
+    else:
+        fields = line.split(maxsplit=1)
+        digest = fields[0] if fields else ""
+        # md5sum prefixes the line with a backslash when it escaped the file name
+        digest = digest.removeprefix("\\")
+    digest = digest.lower()
+    if not digest:
+        raise SourceError(f"{where}no checksum found in the text")
+    if not _HEX.fullmatch(digest):
+        raise SourceError(f"{where}not a hexadecimal checksum: {digest[:140]!r}")
+    if algo is not None:
+        expected_length = HEX_LENGTHS.get(str(algo))
+        if expected_length is not None and len(digest) != expected_length:
+            raise SourceError(
+                f"{where}a {algo} checksum has {expected_length} hex digits, got {len(digest)}"
+            )
+    return digest
+
+
+def verify_digest(hasher: Hasher, expected: str, *, source: str) -> None:
+    """Raise ChecksumMismatchError naming ``source`` unless the digest is ``expected``."""
+    actual = hasher.hexdigest()
+    if actual != expected.strip().lower():
+        raise ChecksumMismatchError(
+            f"{source}: {hasher.algo} checksum mismatch: expected {expected}, got {actual}",
+            hint="the file changed on the server or was corrupted in transit",
+        )
+
+
+def hash_file(path: Path, algo: str, *, on_progress: ProgressCallback = no_progress) -> str:
+    """The hex digest of a local file (to check a cached or downloaded copy)."""
+    hasher = new_hasher(algo)
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK_SIZE):
+            hasher.update(chunk)
+            on_progress(len(chunk))
+    return hasher.hexdigest()
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class HashingReader:
+    """Wraps a readable stream and hashes exactly the bytes that pass through ``read``.
+
+    Meant to sit between a download stream and a consumer (a file copy or a tar extractor),
+    so that the digest covers the bytes delivered and nothing else.
+    """
+
+    def __init__(self, stream: _Readable, *hashers: Hasher) -> None:
+        self._stream = stream
+        self._hashers = hashers
+        self.bytes_read = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._stream.read(size)
+        for hasher in self._hashers:
+            hasher.update(data)
+        self.bytes_read += len(data)
+        return data
