@@ -1,0 +1,166 @@
+"""The command line: argparse -> Options, errors -> exit codes, logging setup. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+from image_creator.__about__ import __version__
+from image_creator.config.units import UnitError, parse_size
+from image_creator.errors import ExitCode, ImageCreatorError, Interrupted
+from image_creator.options import DEFAULT_CONCURRENCY, Options
+from image_creator.pipeline import run
+from image_creator.ui.base import Reporter
+from image_creator.ui.console import ConsoleReporter
+
+logger = logging.getLogger("image_creator")
+
+EPILOG = """\
+exit codes: 0 success, 1 build failed, 2 host requirements missing,
+3 invalid config, option or output path, 4 unreachable or invalid source, 130 interrupted.
+See README.md for the config and cache-policy formats."""
+
+
+def _size(value: str) -> int:
+    try:
+        return parse_size(value)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _concurrency(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="image-creator",
+        description="Create an Offspot image from a config file",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "config_src", metavar="CONFIG_SRC", nargs="?", help="Offspot config YAML file path or URL"
+    )
+    parser.add_argument(
+        "output",
+        metavar="OUTPUT",
+        nargs="?",
+        help="Where to write the image to (optional with --check)",
+    )
+    parser.add_argument(
+        "--build-dir",
+        type=Path,
+        help="Directory for temporary files (image exports, spooled archives). "
+        "Defaults to a temporary directory next to OUTPUT",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="Directory to use as a download cache, ruled by CACHE_DIR/policy.yaml",
+    )
+    parser.add_argument(
+        "--show-cache", action="store_true", help="Show the cache's content and policy, then exit"
+    )
+    parser.add_argument(
+        "-C",
+        "--check",
+        action="store_true",
+        help="Only check inputs, URLs and sizes. Don't download or create the image",
+    )
+    parser.add_argument(
+        "-K",
+        "--keep",
+        action="store_true",
+        help="[DEBUG] Keep the (unmounted, detached) partial image if the build fails",
+    )
+    parser.add_argument(
+        "-X",
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing OUTPUT (only once the new image is complete)",
+    )
+    parser.add_argument(
+        "-T",
+        "--concurrency",
+        type=_concurrency,
+        default=DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"Number of parallel downloads and checks (default: {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=_size,
+        metavar="SIZE",
+        help="Refuse to build an image larger than SIZE (e.g. 64GB, 32GiB)",
+    )
+    parser.add_argument("-D", "--debug", action="store_true", help="Verbose logs and tracebacks")
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def parse_options(argv: Sequence[str] | None) -> Options:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.config_src and not args.show_cache:
+        parser.error("CONFIG_SRC is required")
+    if args.show_cache and not args.cache_dir:
+        parser.error("--show-cache needs --cache-dir")
+    if not args.output and not args.check and not args.show_cache:
+        parser.error("OUTPUT is required unless --check or --show-cache is given")
+    return Options(
+        config_src=args.config_src or "",
+        output=Path(args.output) if args.output else None,
+        build_dir=args.build_dir,
+        cache_dir=args.cache_dir,
+        show_cache=args.show_cache,
+        check=args.check,
+        keep=args.keep,
+        overwrite=args.overwrite,
+        concurrency=args.concurrency,
+        max_size=args.max_size,
+        debug=args.debug,
+    )
+
+
+def _setup_logging(debug: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> NoReturn:
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
+
+
+def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None) -> int:
+    options = parse_options(argv)
+    _setup_logging(options.debug)
+    # SIGTERM unwinds like Ctrl-C so that every registered cleanup runs.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        run(options, reporter or ConsoleReporter())
+    except ImageCreatorError as exc:
+        if options.debug:
+            logger.exception("failed")
+        for line in exc.lines():
+            print(f"error: {line}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return int(ExitCode.OK)

@@ -1,0 +1,23 @@
+"""Command-line options as one frozen object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONCURRENCY = 4
+
+
+@dataclass(frozen=True)
+class Options:
+    config_src: str
+    output: Path | None
+    build_dir: Path | None = None
+    cache_dir: Path | None = None
+    show_cache: bool = False
+    check: bool = False
+    keep: bool = False
+    overwrite: bool = False
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_size: int | None = None
+    debug: bool = False
