@@ -8,6 +8,9 @@ from datetime import timedelta
 import humanfriendly
 
 SECTOR_SIZE = 512
+# humanfriendly reads units by their first letter ("12 parsecs" would be 12 PB): allow only
+# real units before handing the text over.
+_SIZE_PATTERN = re.compile(r"^\d+(?:\.\d+)?\s*(?:[kmgtpe](?:i?b)?|b|bytes?)?$", re.IGNORECASE)
 
 
 class UnitError(ValueError):
@@ -22,7 +25,7 @@ def parse_size(value: object) -> int:
         if value < 0:
             raise UnitError(f"a size cannot be negative: {value}")
         return value
-    if isinstance(value, str) and value.strip():
+    if isinstance(value, str) and _SIZE_PATTERN.match(value.strip()):
         try:
             size = humanfriendly.parse_size(value.strip(), binary=False)
         except humanfriendly.InvalidSize:

@@ -1,0 +1,249 @@
+"""The config loader: every form the spec allows, every bad input named by its key path."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from image_creator.config.loader import LoadedConfig, load_config, parse_config, parse_yaml
+from image_creator.config.model import (
+    BASE_URL_TEMPLATE_ENV,
+    ChecksumAlgo,
+    ChecksumKind,
+    Via,
+)
+from image_creator.errors import ConfigError
+
+SPEC_SAMPLE = """\
+---
+base: 1.0.0
+output:
+  size: 8G
+oci_images:
+- ghcr.io/offspot/kiwix-serve:dev
+files:
+- url: http://download.kiwix.org/zim/wikipedia_fr_test.zim
+  to: /data/contents/zims/wikipedia_fr_test.zim
+  via: direct
+- to: /data/conf/message.txt
+  content: |
+    hello world
+wite_config: true
+offspot:
+  timezone: Africa/Bamako
+  ap:
+    ssid: Kiwix Offspot
+    as-gateway: true
+    domain: demo
+    tld: offspot
+  containers:
+    services:
+      kiwix:
+        container_name: kiwix
+        image: ghcr.io/offspot/kiwix-serve:dev
+        command: /bin/sh -c "kiwix-serve /data/*.zim"
+        volumes:
+          - "/data/contents/zims:/data:ro"
+        ports:
+          - "80:80"
+"""
+
+REAL_WORLD = """\
+base:
+  source: https://drive.offspot.it/base/offspot-base-arm64-1.10.0.img.xz
+  rootfs_size: 3GiB
+  checksum:
+    algo: sha-256
+    value: https://drive.offspot.it/base/offspot-base-arm64-1.10.0.img.xz.sha256
+    kind: url
+output:
+  size: auto
+oci_images:
+- ident: ghcr.io/offspot/kiwix-serve:3.7.0
+  url: null
+  filesize: 52090880
+  fullsize: 51982543
+- id: ghcr.io/offspot/file-manager:1.4
+  url: https://drive.offspot.it/oci/file-manager.tar
+files:
+- url: https://download.kiwix.org/zim/wikipedia_en_all_maxi_2024-01.zim
+  to: /data/contents/zims/wikipedia_en_all_maxi_2024-01.zim
+  checksum:
+    algo: md5
+    value: https://download.kiwix.org/zim/wikipedia_en_all_maxi_2024-01.zim.md5
+    kind: url
+- url: https://example.org/site.zip
+  to: /data/contents/site
+  via: zip
+  size: 2.5GB
+- to: /data/conf/logo.png
+  content: aGVsbG8=
+  via: base64
+write_config: true
+offspot: {}
+"""
+
+
+def parse(text: str, tmp_path: Path | None = None) -> LoadedConfig:
+    return parse_config(
+        parse_yaml(text, "cfg.yaml"), label="cfg.yaml", base_dir=tmp_path or Path("/srv")
+    )
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse(text)
+    return info.value.lines()
+
+
+def test_spec_sample_parses_and_warns_about_the_misspelled_key() -> None:
+    loaded = parse(SPEC_SAMPLE)
+    config = loaded.config
+    assert config.base.url == "https://drive.offspot.it/base/offspot-base-arm64-1.0.0.img.xz"
+    assert config.base.version == "1.0.0"
+    assert config.output_size == 8_000_000_000
+    assert [image.ident for image in config.oci_images] == ["ghcr.io/offspot/kiwix-serve:dev"]
+    assert config.files[0].to == PurePosixPath("/data/contents/zims/wikipedia_fr_test.zim")
+    assert config.files[0].relative_to_data == PurePosixPath("contents/zims/wikipedia_fr_test.zim")
+    assert config.files[1].content == b"hello world\n"
+    assert config.write_config is False
+    assert config.offspot["ap"]["ssid"] == "Kiwix Offspot"
+    assert loaded.warnings == (
+        "cfg.yaml: wite_config: unknown key, ignored (did you mean 'write_config'?)",
+    )
+
+
+def test_real_world_forms_parse() -> None:
+    config = parse(REAL_WORLD).config
+    assert config.base.root_size == 3 * 2**30
+    assert config.base.checksum is not None
+    assert config.base.checksum.kind is ChecksumKind.URL
+    assert config.base.is_xz
+    assert config.output_size is None
+    first, second = config.oci_images
+    assert (first.url, first.filesize, first.fullsize) == (None, 52090880, 51982543)
+    assert second.ident == "ghcr.io/offspot/file-manager:1.4"
+    assert second.url == "https://drive.offspot.it/oci/file-manager.tar"
+    assert config.files[0].checksum is not None
+    assert config.files[0].checksum.algo is ChecksumAlgo.MD5
+    assert config.files[1].via is Via.ZIP
+    assert config.files[1].size == 2_500_000_000
+    assert config.files[2].content == b"hello"
+    assert config.write_config is True
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [("1.2.1", "1.2.1"), ("1.10.0", "1.10.0"), ("12.0.3-rc1", "12.0.3-rc1")],
+)
+def test_base_versions_map_to_the_release_url(version: str, expected: str) -> None:
+    assert parse(f"base: {version}\n").config.base.url.endswith(
+        f"/offspot-base-arm64-{expected}.img.xz"
+    )
+
+
+def test_base_url_template_is_overridable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BASE_URL_TEMPLATE_ENV, "http://127.0.0.1:9/base-{version}.img")
+    assert parse("base: 1.2.1\n").config.base.url == "http://127.0.0.1:9/base-1.2.1.img"
+
+
+def test_local_paths_become_file_urls_relative_to_the_config(tmp_path: Path) -> None:
+    loaded = parse("base: images/base.img\nfiles:\n- to: /data/a\n  url: a.txt\n", tmp_path)
+    assert loaded.config.base.url == (tmp_path / "images/base.img").as_uri()
+    assert loaded.config.files[0].url == (tmp_path / "a.txt").as_uri()
+
+
+def test_content_wins_over_url() -> None:
+    loaded = parse("base: 1.2.1\nfiles:\n- to: /data/a\n  url: http://x/a\n  content: hi\n")
+    entry = loaded.config.files[0]
+    assert (entry.content, entry.url, entry.is_download) == (b"hi", None, False)
+    assert loaded.warnings == ("cfg.yaml: files[0].url: ignored: content is given and wins over url",)
+
+
+def test_sizes_are_decimal_or_binary() -> None:
+    assert parse("base: 1.2.1\noutput: {size: 8GiB}\n").config.output_size == 8 * 2**30
+    assert parse("base: 1.2.1\noutput: {size: 4000000000}\n").config.output_size == 4 * 10**9
+
+
+def test_destinations_are_normalised() -> None:
+    entry = parse("base: 1.2.1\nfiles:\n- to: /data//a/./b\n  content: x\n").config.files[0]
+    assert entry.to == PurePosixPath("/data/a/b")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("output: {size: 1G}\n", "cfg.yaml: base: required"),
+        ("base: 1.2.1\nfiles:\n- to: /data/../etc/x\n  content: a\n", "files[0].to: '..'"),
+        ("base: 1.2.1\nfiles:\n- to: /etc/x\n  content: a\n", "files[0].to: must be inside /data"),
+        ("base: 1.2.1\nfiles:\n- to: /data\n  content: a\n", "files[0].to: must be inside /data"),
+        ("base: 1.2.1\nfiles:\n- to: /database/x\n  content: a\n", "files[0].to: must be inside"),
+        ("base: 1.2.1\nfiles:\n- to: data/x\n  content: a\n", "files[0].to: must be an absolute"),
+        ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  via: rar\n", "files[0].via"),
+        ("base: 1.2.1\noutput: {size: 12 parsecs}\n", "output.size: expected a size"),
+        ("base: 1.2.1\noutput: {size: 1001}\n", "output.size: 1001 bytes is not a whole number"),
+        ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  checksum: {algo: crc, value: a}\n",
+         "files[0].checksum.algo: unknown value 'crc'"),
+        ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  checksum: {algo: md5, value: zz}\n",
+         "files[0].checksum.value: not a md5 hex digest"),
+        ("base: 1.2.1\nfiles:\n- to: /data/x\n  content: a\n- to: /data/x\n  content: b\n",
+         "files[1].to: /data/x is already the destination of files[0]"),
+        ("base: 1.2.1\nfiles:\n- to: /data/x\n", "files[0]: needs a url or a content"),
+        ("base: ftp://host/base.img\n", "base: unsupported URL scheme 'ftp'"),
+        ("base: {source: 1.2.1, root_size: many}\n", "base.root_size: expected a size"),
+        ("base: 1.2\n", "base: version 1.2 must be a full release number"),
+        ("base: 1.2.1\nwrite_config: yes please\n", "write_config: expected true or false"),
+        ("base: 1.2.1\noci_images:\n- a/b/c/d:1\n", "oci_images[0]: not an image reference"),
+        ("base: 1.2.1\noci_images: [{id: 12}]\n", "oci_images[0].id: expected a non-empty string"),
+        ("base: 1.2.1\nfiles: {to: /data/x}\n", "files: expected a list"),
+        ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  via: base64\n",
+         "files[0].via: 'base64' applies to content"),
+        ("base: 1.2.1\nfiles:\n- to: /data/x\n  content: a\n  via: zip\n", "files[0].via: 'zip' needs a url"),
+    ],
+)
+def test_bad_configs_name_the_key(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(expected in line for line in found), found
+    assert all(line.startswith("cfg.yaml: ") for line in found)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    found = problems(
+        "base: 1.2.1\nfiles:\n- to: /etc/x\n  content: a\n- to: /data/y\n  url: http://a/b\n"
+        "  via: nope\noutput: {size: huge}\n"
+    )
+    assert len(found) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("base: [1, 2\n", "cfg.yaml:2:1: invalid YAML"),
+        ("base: 1.2.1\nbase: 1.2.2\n", "cfg.yaml:2:1: invalid YAML: duplicate key 'base'"),
+        ("- just\n- a list\n", "cfg.yaml: expected a mapping at the top, got a list"),
+    ],
+)
+def test_malformed_documents(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(parse_yaml(text, "cfg.yaml"), label="cfg.yaml", base_dir=Path("/"))
+    assert info.value.lines() == [expected] or expected in info.value.lines()[0]
+
+
+def test_load_config_reads_files_and_urls(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("base: base.img\n")
+    assert load_config(str(path), read_url=lambda url: "").config.base.url == (
+        (tmp_path / "base.img").as_uri()
+    )
+    remote = load_config("http://127.0.0.1:1/c.yaml", read_url=lambda url: "base: 1.2.1\n")
+    assert remote.config.base.version == "1.2.1"
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(str(tmp_path / "missing.yaml"), read_url=lambda url: "")
+
+
+def test_base64_content_is_decoded() -> None:
+    payload = bytes(range(256))
+    text = f"base: 1.2.1\nfiles:\n- to: /data/bin\n  via: base64\n  content: {base64.b64encode(payload).decode()}\n"
+    assert parse(text).config.files[0].content == payload
