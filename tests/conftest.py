@@ -2,15 +2,47 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.httpserver import HttpServer
+from tests.support.registry import LOOPBACK_NO_PROXY, Registry, running_registry
+from tests.support.requirements import require_tools
+
+
+def _set_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep loopback traffic away from any proxy the environment sets."""
+    existing = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
+    value = ",".join(part for part in (existing, LOOPBACK_NO_PROXY) if part)
+    monkeypatch.setenv("NO_PROXY", value)
+    monkeypatch.setenv("no_proxy", value)
 
 
 @pytest.fixture
-def http_server() -> Iterator[HttpServer]:
+def http_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[HttpServer]:
     """A fresh loopback HTTP server (see tests/support/httpserver.py), stopped afterwards."""
+    _set_no_proxy(monkeypatch)
     with HttpServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A TLS OCI registry on loopback, shared by the session, with DEFAULT_IMAGES pushed:
+    test/hello:1.0 and test/hello:2.0 (linux/arm64/v8 + linux/amd64), test/amd64only:1.0.
+
+    Use it through ``registry_env``, which makes ``requests`` (so docker-export) trust it.
+    """
+    require_tools("docker-registry", "skopeo", "openssl")
+    with running_registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
+
+
+@pytest.fixture
+def registry_env(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> Registry:
+    """The session registry, with REQUESTS_CA_BUNDLE trusting its CA and NO_PROXY set."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(registry.ca))
+    _set_no_proxy(monkeypatch)
+    return registry
