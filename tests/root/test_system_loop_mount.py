@@ -17,7 +17,7 @@ from image_creator.system import loop
 from image_creator.system.ext4 import check_filesystem, filesystem_size, resize_filesystem
 from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.loop import attached_loop_devices, attached_partition
-from image_creator.system.mount import is_mounted, mounted, unmount
+from image_creator.system.mount import is_mounted, mounted, mounts_below, unmount
 from image_creator.system.partitions import data_partition, read_partition_table
 from image_creator.system.run import run
 
@@ -168,7 +168,7 @@ def test_a_busy_mount_fails_clearly(image: Path, mountpoint: Path) -> None:
                 unmount(mountpoint)
 
 
-def test_is_mounted_reads_escaped_paths(image: Path, tmp_path: Path) -> None:
+def test_mount_points_are_read_with_escaped_paths(image: Path, tmp_path: Path) -> None:
     data = data_partition(read_partition_table(image))
     spaced = tmp_path / "with space"
     spaced.mkdir()
@@ -176,7 +176,17 @@ def test_is_mounted_reads_escaped_paths(image: Path, tmp_path: Path) -> None:
     with attached_partition(image, data) as device, mounted(device, spaced):
         assert is_mounted(spaced)
         assert not is_mounted(tmp_path)
+        assert mounts_below(tmp_path) == [str(spaced)]
+        inner = spaced / "inner"
+        inner.mkdir()
+        run(["mount", "-t", "tmpfs", "none", inner])
+        try:
+            assert mounts_below(tmp_path) == [str(inner), str(spaced)]  # deepest first
+            assert mounts_below(inner) == [str(inner)]
+        finally:
+            run(["umount", inner])
     assert not is_mounted(spaced)
+    assert mounts_below(tmp_path) == []
 
 
 def test_mounting_on_a_mount_point_is_refused(image: Path, mountpoint: Path) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from tests.support.requirements import require_tools
 
-from image_creator.errors import BuildError, CommandError
+from image_creator.errors import BuildError, CommandError, SourceError
 from image_creator.system.ext4 import check_filesystem, filesystem_size
 from image_creator.system.fat import list_fat_dir, read_fat_file, write_fat_file
 from image_creator.system.image import grow_data_partition, grow_image_file
@@ -138,7 +141,7 @@ def test_parse_mbr_skips_empty_entries(tmp_path: Path) -> None:
     ],
 )
 def test_parse_mbr_rejects_what_is_not_an_mbr(sector: bytes, message: str) -> None:
-    with pytest.raises(BuildError, match=message):
+    with pytest.raises(SourceError, match=message):
         parse_mbr(sector)
 
 
@@ -307,3 +310,33 @@ def test_fat_partition_does_not_leak_into_neighbours(tmp_path: Path) -> None:
 
     assert region_digest(image, ROOT_START, BASE_SIZE - ROOT_START) == root_digest
     assert image.stat().st_size == BASE_SIZE
+
+
+def test_fat_files_need_no_root(tmp_path: Path) -> None:
+    image = make_small_image(tmp_path)
+    if os.geteuid() != 0:
+        write_fat_file(image, BOOT_START, "user.txt", b"unprivileged\n")
+        assert read_fat_file(image, BOOT_START, "user.txt") == b"unprivileged\n"
+        return
+    # as root, prove it in a child that drops to nobody, on a copy that nobody may write
+    shared = Path(tempfile.mkdtemp(prefix="image-creator-test-"))
+    try:
+        shared.chmod(0o777)
+        user_image = shared / "base.img"
+        shutil.copyfile(image, user_image)
+        user_image.chmod(0o666)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child; must never return into pytest
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                write_fat_file(user_image, BOOT_START, "user.txt", b"unprivileged\n")
+                same = read_fat_file(user_image, BOOT_START, "user.txt") == b"unprivileged\n"
+                os._exit(0 if same else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert read_fat_file(user_image, BOOT_START, "user.txt") == b"unprivileged\n"
+    finally:
+        shutil.rmtree(shared)

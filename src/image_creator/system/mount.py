@@ -92,13 +92,27 @@ def _unmount_after_error(mountpoint: Path) -> None:
 def is_mounted(path: Path) -> bool:
     """Whether ``path`` is a mount point of this process's mount namespace."""
     target = str(path.resolve())
+    return any(point == target for point in _mount_points())
+
+
+def mounts_below(directory: Path) -> list[str]:
+    """Mount points at or under ``directory``, deepest first (the order to unmount them in)."""
+    target = directory.resolve()
+    found = {
+        point
+        for point in _mount_points()
+        if Path(point) == target or Path(point).is_relative_to(target)
+    }
+    return sorted(found, key=lambda point: (-len(Path(point).parts), point))
+
+
+def _mount_points() -> Iterator[str]:
     with Path("/proc/self/mountinfo").open(encoding="utf-8", errors="surrogateescape") as table:
         for line in table:
             # fields: mount ID, parent ID, major:minor, root, mount point, ...
             fields = line.split(" ")
-            if len(fields) > 4 and _unescape(fields[4]) == target:
-                return True
-    return False
+            if len(fields) > 4:
+                yield _unescape(fields[4])
 
 
 def _unescape(field: str) -> str:

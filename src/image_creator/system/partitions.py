@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image_creator.errors import BuildError
+from image_creator.errors import BuildError, SourceError
 from image_creator.system.run import run
 
 logger = logging.getLogger(__name__)
@@ -97,15 +97,15 @@ def parse_mbr(first_sectors: bytes) -> PartitionTable:
     """The MBR partition table in the first 512 bytes of an image, read without any tool.
 
     Only the four primary entries are read (Raspberry Pi images use nothing else), so sizes of
-    a remote image can be computed from its first sector. Raises BuildError when the bytes are
-    not an MBR, or are the protective MBR of a GPT disk.
+    a remote image can be computed from its first sector. Raises SourceError (such an image
+    cannot be a base) when the bytes are not an MBR, or are the protective MBR of a GPT disk.
     """
     if len(first_sectors) < MBR_SECTOR_SIZE:
-        raise BuildError(
+        raise SourceError(
             f"not an MBR: {len(first_sectors)} bytes given, the MBR needs {MBR_SECTOR_SIZE}"
         )
     if first_sectors[_MBR_SIGNATURE_OFFSET : _MBR_SIGNATURE_OFFSET + 2] != _MBR_SIGNATURE:
-        raise BuildError("not an MBR: boot signature 0x55AA missing at offset 0x1FE")
+        raise SourceError("not an MBR: boot signature 0x55AA missing at offset 0x1FE")
 
     partitions: list[Partition] = []
     for index in range(_MBR_PRIMARY_ENTRIES):
@@ -115,7 +115,7 @@ def parse_mbr(first_sectors: bytes) -> PartitionTable:
         first_lba = int.from_bytes(entry[8:12], "little")
         sector_count = int.from_bytes(entry[12:16], "little")
         if type_byte == _MBR_TYPE_GPT_PROTECTIVE:
-            raise BuildError("not an MBR disk: protective MBR of a GPT disk")
+            raise SourceError("not an MBR disk: protective MBR of a GPT disk")
         # sfdisk lists neither empty slots nor zero-sized entries; do the same so both agree
         if type_byte == _MBR_TYPE_EMPTY or sector_count == 0:
             continue
