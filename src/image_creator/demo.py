@@ -312,7 +312,8 @@ def write_demo(outdir: Path) -> Path:
     zipped.write_bytes(_zip(DEMO_ARCHIVE_FILES))
 
     config = {
-        "base": {"source": base_xz.as_uri(), "root_size": layout.root.size},
+        # local sources both ways: plain paths (base, tarball) and file:// URLs
+        "base": {"source": str(base_xz), "root_size": layout.root.size},
         "files": [
             {
                 "url": text.as_uri(),
@@ -320,7 +321,7 @@ def write_demo(outdir: Path) -> Path:
                 "via": "direct",
                 "checksum": {"algo": "sha-256", "value": hashlib.sha256(DEMO_TEXT).hexdigest()},
             },
-            {"url": tarball.as_uri(), "to": "/data/contents/site-tar", "via": "gztar"},
+            {"url": str(tarball), "to": "/data/contents/site-tar", "via": "gztar"},
             {"url": zipped.as_uri(), "to": "/data/contents/site-zip", "via": "zip"},
             {"to": "/data/conf/message.txt", "content": "Built by image-creator's demo."},
         ],

@@ -161,9 +161,11 @@ def test_boot_partition_too_small_for_fat32(tmp_path: Path) -> None:
         make_base_image(tmp_path / "small.img", boot_mib=32)
 
 
-def _local_path(url: str) -> Path:
-    parts = urlsplit(url)
-    assert parts.scheme == "file", url
+def _local_path(source: str) -> Path:
+    """A config source that must be local: an absolute path or a file:// URL."""
+    parts = urlsplit(source)
+    assert parts.scheme in ("", "file"), source
+    assert Path(parts.path).is_absolute(), source
     return Path(parts.path)
 
 
@@ -201,6 +203,11 @@ def test_demo_main_writes_a_local_config(demo_dir: Path) -> None:
     assert base.is_file()
     assert config["base"]["root_size"] == read_layout(outdir / "base.img").root.size == 48 * MIB
     assert "oci_images" not in config
+    sources = [
+        config["base"]["source"],
+        *(entry["url"] for entry in config["files"] if "url" in entry),
+    ]
+    assert {urlsplit(source).scheme for source in sources} == {"", "file"}  # both forms
     assert config["write_config"] is True
     assert config["offspot"]["timezone"] == "Africa/Bamako"
     assert config["offspot"]["ap"]["ssid"]
@@ -228,3 +235,7 @@ def test_demo_config_loads_with_the_project_loader(demo_dir: Path) -> None:
     assert len(loaded.config.files) == 4
     assert loaded.config.base.root_size == 48 * MIB
     assert loaded.config.oci_images == ()
+    assert loaded.config.base.url == (demo_dir / "base.img.xz").as_uri()
+    assert [entry.url for entry in loaded.config.files] == [
+        (demo_dir / name).as_uri() for name in ("hello.txt", "site.tar.gz", "site.zip")
+    ] + [None]
