@@ -60,7 +60,9 @@ class SourceError(ImageCreatorError):
 
     exit_code = ExitCode.INVALID_SOURCES
 
-    def __init__(self, message: str, *, hint: str | None = None, problems: Sequence[str] = ()) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, problems: Sequence[str] = ()
+    ) -> None:
         super().__init__(message, hint=hint)
         self.problems = list(problems) or [message]
 

@@ -1,0 +1,102 @@
+"""The image build, after the checks: every step in order, every resource released.
+
+Resources are context managers entered the moment they exist: the partial image and the
+build folder on the run's ExitStack (released last), the loop device and the mount in nested
+blocks, because the data filesystem must be unmounted, checked and detached before the
+image can be published.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+from image_creator.config.units import format_size
+from image_creator.context import Context
+from image_creator.errors import BuildError
+from image_creator.steps.base_image import fetch_base_image
+from image_creator.steps.configs import write_image_config, write_offspot_config
+from image_creator.steps.files import place_file
+from image_creator.steps.images import place_image
+from image_creator.steps.output import (
+    default_build_dir,
+    partial_output,
+    publish,
+    temporary_directory,
+)
+from image_creator.steps.placement import run_concurrently
+from image_creator.system.ext4 import check_filesystem, resize_filesystem
+from image_creator.system.image import grow_data_partition, grow_image_file
+from image_creator.system.loop import attached_partition
+from image_creator.system.mount import mounted
+from image_creator.system.partitions import read_partition_table
+
+BOOT_PARTITION_NUMBER = 1
+
+
+def build(ctx: Context) -> None:
+    options, config, reporter = ctx.options, ctx.config, ctx.reporter
+    inventory, sizes = ctx.require_inventory(), ctx.require_sizes()
+    assert options.output is not None  # the CLI requires OUTPUT unless --check
+    image = ctx.stack.enter_context(
+        partial_output(options.output, keep=options.keep, reporter=reporter)
+    )
+    build_dir = ctx.stack.enter_context(
+        temporary_directory(default_build_dir(options), prefix=".image-creator-build-")
+    )
+
+    with reporter.step("Fetching base image"):
+        with reporter.progress("base image", inventory.base.download_size) as advance:
+            base_size = fetch_base_image(config.base, image, on_progress=advance)
+        reporter.info(f"{config.base.url}: {format_size(base_size)} once decompressed")
+
+    with reporter.step(f"Growing image to {format_size(sizes.output)}"):
+        grow_image_file(image, sizes.output)
+        data_partition = grow_data_partition(image)
+
+    with attached_partition(image, data_partition) as device:
+        with reporter.step("Resizing data filesystem"):
+            check_filesystem(device, fix=True)
+            resize_filesystem(device)
+            check_filesystem(device, fix=True)
+
+        mountpoint = build_dir / "data"
+        mountpoint.mkdir()
+        with mounted(device, mountpoint) as root:
+            if inventory.images:
+                with reporter.step("Pulling OCI images"):
+                    exports = build_dir / "exports"
+                    exports.mkdir()
+                    run_concurrently(
+                        (
+                            functools.partial(place_image, source, root, exports, reporter)
+                            for source in inventory.images
+                        ),
+                        workers=options.concurrency,
+                    )
+            if inventory.files:
+                with reporter.step("Writing files"):
+                    run_concurrently(
+                        (
+                            functools.partial(place_file, source, root, reporter)
+                            for source in inventory.files
+                        ),
+                        workers=options.concurrency,
+                    )
+            if config.write_config:
+                write_image_config(root, config.document)
+            os.sync()
+
+        with reporter.step("Checking data filesystem"):
+            check_filesystem(device, fix=False)
+
+    if config.offspot:
+        with reporter.step("Writing offspot.yaml"):
+            boot = read_partition_table(image).partition(BOOT_PARTITION_NUMBER)
+            if boot is None:
+                raise BuildError("the base image has no boot partition (1) for offspot.yaml")
+            write_offspot_config(image, boot.start_bytes, config.offspot)
+
+    with reporter.step("Publishing"):
+        publish(image, options.output)
+    reporter.info(f"image ready: {options.output} ({format_size(sizes.output)})")

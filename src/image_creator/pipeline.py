@@ -1,0 +1,115 @@
+"""The whole run, read top to bottom: each step raises on failure."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from image_creator.build import build
+from image_creator.config.loader import load_config
+from image_creator.config.units import format_size
+from image_creator.context import Context
+from image_creator.errors import OutputError
+from image_creator.fetch import http
+from image_creator.options import Options
+from image_creator.steps.host import ensure_host_ready, host_problems
+from image_creator.steps.output import default_build_dir
+from image_creator.steps.sizes import ensure_space, plan_sizes, space_shortages
+from image_creator.steps.sources import Inventory, inspect_sources
+from image_creator.ui.base import Reporter
+
+
+def run(options: Options, reporter: Reporter) -> None:
+    with ExitStack() as stack:
+        with reporter.step("Reading config"):
+            loaded = load_config(options.config_src, read_url=http.read_text)
+            for warning in loaded.warnings:
+                reporter.warning(warning)
+        ctx = Context(options=options, config=loaded.config, reporter=reporter, stack=stack)
+        check_output_path(ctx)
+        with reporter.step("Checking host"):
+            problems = host_problems()
+            if options.check:
+                for problem in problems:
+                    reporter.warning(f"a build here would fail: {problem}")
+            else:
+                ensure_host_ready(problems)
+        with reporter.step("Checking sources"):
+            ctx.inventory = inspect_sources(ctx.config, concurrency=options.concurrency)
+            report_sources(ctx.inventory, reporter)
+        with reporter.step("Computing sizes"):
+            ctx.sizes = plan_sizes(
+                ctx.inventory, requested=ctx.config.output_size, max_size=options.max_size
+            )
+            report_sizes(ctx)
+            check_free_space(ctx)
+        if options.check:
+            reporter.info("check passed: nothing was downloaded or written")
+            return
+        build(ctx)
+
+
+def check_output_path(ctx: Context) -> None:
+    output = ctx.options.output
+    if output is None:
+        return
+    if output.is_dir():
+        raise OutputError(f"{output}: OUTPUT is a directory; give an image file path")
+    if not output.absolute().parent.is_dir():
+        raise OutputError(f"{output}: the folder {output.absolute().parent} does not exist")
+    base_url = urlsplit(ctx.config.base.url)
+    if base_url.scheme == "file":
+        base_path = Path(url2pathname(base_url.path))
+        if output.resolve() == base_path.resolve():
+            raise OutputError(f"{output}: OUTPUT is the base image itself")
+    if output.exists() and not ctx.options.overwrite:
+        raise OutputError(
+            f"{output}: already exists",
+            hint="pass -X/--overwrite to replace it once the build succeeds",
+        )
+
+
+def report_sources(inventory: Inventory, reporter: Reporter) -> None:
+    base = inventory.base
+    download = format_size(base.download_size) if base.download_size is not None else "size unknown"
+    reporter.info(f"base image {base.image.url}: {download}")
+    for image in inventory.images:
+        reporter.info(
+            f"OCI image {image.image.ident}: {format_size(image.filesize)} tar, "
+            f"{format_size(image.fullsize)} extracted (sizes from {image.sizes_from})"
+        )
+    for source in inventory.files:
+        entry = source.entry
+        origin = entry.url if entry.url is not None else "inline content"
+        sized = format_size(source.expanded_size)
+        if entry.via.is_archive and source.download_size is not None:
+            sized = f"{format_size(source.download_size)} {entry.via.value}, {sized} expanded"
+        reporter.info(f"{entry.to} <- {origin}: {sized}")
+
+
+def report_sizes(ctx: Context) -> None:
+    sizes = ctx.require_sizes()
+    how = "requested" if ctx.config.output_size is not None else "auto"
+    ctx.reporter.info(
+        f"image size: {format_size(sizes.output)} ({sizes.output} bytes, {how}); "
+        f"minimum {format_size(sizes.minimum)}; content {format_size(sizes.content)}"
+    )
+
+
+def check_free_space(ctx: Context) -> None:
+    sizes = ctx.require_sizes()
+    inventory = ctx.require_inventory()
+    needs: dict[Path, int] = {}
+    if ctx.options.output is not None:
+        # The image is sparse: what lands on disk is the base image plus the content.
+        needs[ctx.options.output.absolute()] = sizes.base_image + sizes.content
+    exports = sum(image.fullsize for image in inventory.images if image.image.url is None)
+    if exports:
+        needs[default_build_dir(ctx.options)] = exports
+    if ctx.options.check:
+        for shortage in space_shortages(needs):
+            ctx.reporter.warning(f"a build here would fail: {shortage}")
+    else:
+        ensure_space(needs)

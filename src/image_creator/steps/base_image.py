@@ -1,0 +1,94 @@
+"""The base image: streamed from its source, .xz decompressed on the fly, checksum verified,
+written sparse so that its empty space costs no disk."""
+
+from __future__ import annotations
+
+import lzma
+from pathlib import Path
+from typing import BinaryIO
+
+from image_creator.config.model import BaseImage
+from image_creator.errors import SourceError
+from image_creator.fetch import http
+from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
+from image_creator.steps.sources import expected_digest
+from image_creator.ui.base import ProgressCallback
+
+CHUNK = 1024 * 1024
+# Runs of zeros this long (and aligned) become holes in the output file.
+HOLE_BLOCK = 64 * 1024
+_ZEROS = bytes(HOLE_BLOCK)
+
+
+class SparseWriter:
+    """Writes a stream to a file, seeking over aligned all-zero blocks instead of writing them."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._pending = b""
+        self.position = 0
+
+    def write(self, data: bytes) -> None:
+        buffer = self._pending + data if self._pending else data
+        whole = len(buffer) - len(buffer) % HOLE_BLOCK
+        view = memoryview(buffer)
+        for start in range(0, whole, HOLE_BLOCK):
+            self._block(view[start : start + HOLE_BLOCK])
+        self._pending = bytes(view[whole:])
+
+    def _block(self, block: memoryview) -> None:
+        if block == _ZEROS[: len(block)]:
+            self._file.seek(len(block), 1)
+        else:
+            self._file.write(block)
+        self.position += len(block)
+
+    def close(self) -> int:
+        """Flush the tail and set the file's length (a trailing hole has no bytes written)."""
+        if self._pending:
+            self._block(memoryview(self._pending))
+            self._pending = b""
+        self._file.truncate(self.position)
+        return self.position
+
+
+def fetch_base_image(base: BaseImage, target: Path, *, on_progress: ProgressCallback) -> int:
+    """Write the (decompressed) base image to ``target``; returns its size in bytes."""
+    hashers: list[Hasher] = []
+    expected = None
+    if base.checksum is not None:
+        expected = expected_digest(base.checksum)
+        hashers.append(new_hasher(base.checksum.algo.value))
+    with http.open_stream(base.url, on_progress=on_progress) as stream, target.open("r+b") as file:
+        reader = HashingReader(stream, *hashers)
+        writer = SparseWriter(file)
+        if base.is_xz:
+            _decompress_xz(reader, writer, label=base.url)
+        else:
+            while chunk := reader.read(CHUNK):
+                writer.write(chunk)
+        size = writer.close()
+    if expected is not None:
+        verify_digest(hashers[0], expected, source=base.url)
+    if size == 0:
+        raise SourceError(f"{base.url}: the base image is empty")
+    return size
+
+
+def _decompress_xz(reader: HashingReader, writer: SparseWriter, *, label: str) -> None:
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        while not decompressor.eof:
+            if decompressor.needs_input:
+                chunk = reader.read(CHUNK)
+                if not chunk:
+                    raise SourceError(f"{label}: truncated .xz file")
+            else:
+                chunk = b""
+            # bounded output per call: a highly compressed image never sits whole in memory
+            writer.write(decompressor.decompress(chunk, max_length=4 * CHUNK))
+    except lzma.LZMAError as exc:
+        raise SourceError(f"{label}: corrupt .xz data: {exc}") from exc
+    # bytes after the xz stream (padding or a second stream) still count for the checksum
+    while reader.read(CHUNK):
+        pass

@@ -1,0 +1,80 @@
+"""The partial image: built next to OUTPUT under a temporary name, renamed only on success."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from image_creator.options import Options
+from image_creator.system.mount import mounts_below
+from image_creator.ui.base import Reporter
+
+logger = logging.getLogger(__name__)
+
+
+def default_build_dir(options: Options) -> Path:
+    """Where temporary files go: --build-dir, else next to OUTPUT (same disk), else /tmp."""
+    if options.build_dir is not None:
+        return options.build_dir
+    if options.output is not None:
+        return options.output.absolute().parent
+    return Path(tempfile.gettempdir())
+
+
+@contextmanager
+def partial_output(output: Path, *, keep: bool, reporter: Reporter) -> Iterator[Path]:
+    """A new empty file next to ``output``; removed if the build fails (kept with ``keep``).
+
+    The caller renames it onto ``output`` once complete; after that there is nothing to undo.
+    """
+    output = output.absolute()
+    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
+    os.close(handle)
+    partial = Path(name)
+    try:
+        yield partial
+    except BaseException:
+        if not partial.exists():
+            raise
+        if keep:
+            reporter.warning(f"kept the partial image (-K): {partial}")
+        else:
+            partial.unlink()
+        raise
+
+
+def publish(partial: Path, output: Path) -> None:
+    """Make the finished image visible under its name, atomically replacing any old one."""
+    with partial.open("rb+") as image:
+        os.fsync(image.fileno())
+    partial.chmod(0o644)
+    partial.replace(output)
+    directory = os.open(output.absolute().parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+@contextmanager
+def temporary_directory(parent: Path, prefix: str) -> Iterator[Path]:
+    """A temporary directory, removed with what it holds whatever happens.
+
+    Never removed while something is still mounted below it: that would delete the content
+    of the mounted filesystem (the image being built) instead.
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield directory
+    finally:
+        still_mounted = mounts_below(directory)
+        if still_mounted:
+            logger.error("not removing %s: %s still mounted", directory, ", ".join(still_mounted))
+        else:
+            shutil.rmtree(directory, ignore_errors=True)

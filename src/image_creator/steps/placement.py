@@ -1,0 +1,120 @@
+"""Putting things on the mounted data partition: safe paths, temporary names, atomic moves."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Protocol, TypeVar
+
+from image_creator.errors import BuildError, Interrupted
+
+_T = TypeVar("_T")
+
+
+def destination(root: Path, relative: PurePosixPath) -> Path:
+    """``root/relative``, with its parent folders created, proven to stay inside ``root``.
+
+    The base image's data partition may hold symlinks; one pointing at an absolute path
+    would otherwise send a file onto the build host.
+    """
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    real_root = root.resolve()
+    real_parent = target.parent.resolve()
+    if real_parent != real_root and real_root not in real_parent.parents:
+        raise BuildError(f"/data/{relative}: its folder leads outside the data partition")
+    if target.is_symlink():
+        target.unlink()
+    return real_parent / target.name
+
+
+def temporary_sibling(target: Path, suffix: str = ".part") -> Path:
+    """A fresh hidden name next to ``target``, on the same filesystem so a rename is atomic."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{suffix}")
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def staged(target: Path, *, directory: bool = False) -> Iterator[Path]:
+    """A temporary path next to ``target``, moved onto it when the block succeeds.
+
+    On failure the temporary path is removed: nothing half-written is ever under its name.
+    A directory is moved in place of an existing one, or merged into it entry by entry.
+    """
+    staging = temporary_sibling(target)
+    if directory:
+        staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        remove(staging)
+        raise
+    if directory and target.is_dir() and not target.is_symlink():
+        _merge_into(staging, target)
+    else:
+        if target.exists() and (target.is_dir() and not target.is_symlink()):
+            remove(target)
+        staging.replace(target)
+
+
+def _merge_into(staging: Path, target: Path) -> None:
+    for entry in list(staging.iterdir()):
+        existing = target / entry.name
+        if existing.is_dir() and not existing.is_symlink() and entry.is_dir():
+            _merge_into(entry, existing)
+            continue
+        if existing.exists() or existing.is_symlink():
+            remove(existing)
+        entry.replace(existing)
+    staging.rmdir()
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class CancellableReader:
+    """A stream that raises Interrupted as soon as the run is cancelled (Ctrl-C, a failure)."""
+
+    def __init__(self, stream: Readable, cancelled: threading.Event) -> None:
+        self._stream = stream
+        self._cancelled = cancelled
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._cancelled.is_set():
+            raise Interrupted("cancelled")
+        return self._stream.read(size)
+
+
+def run_concurrently(tasks: Iterable[Callable[[threading.Event], _T]], *, workers: int) -> list[_T]:
+    """Run tasks on ``workers`` threads; the first failure (or Ctrl-C) cancels the others.
+
+    Returns only when every worker has stopped, so nothing still writes to the image while
+    the caller unmounts it.
+    """
+    cancelled = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+    futures: list[Future[_T]] = []
+    try:
+        futures = [pool.submit(task, cancelled) for task in tasks]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done and future.exception() is not None:
+                future.result()  # raises the first failure, not a sibling's cancellation
+        return [future.result() for future in futures]
+    except BaseException:
+        cancelled.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

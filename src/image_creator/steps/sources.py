@@ -1,0 +1,197 @@
+"""Check every source of a config and learn its size, downloading no content.
+
+HTTP sources get a HEAD (or a one-byte ranged GET), the base image's partition table comes
+from its first sectors (a ranged read, decompressed on the fly for .xz), registry images from
+their manifests and a 4-byte read per layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import lzma
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from image_creator.config.model import (
+    BaseImage,
+    Checksum,
+    ChecksumKind,
+    Config,
+    FileEntry,
+    OciImage,
+)
+from image_creator.config.units import format_size
+from image_creator.errors import SourceError
+from image_creator.fetch import http, oci
+from image_creator.fetch.checksums import parse_checksum_text
+from image_creator.system.partitions import MBR_SECTOR_SIZE, PartitionTable, parse_mbr
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+# How much of a compressed base image may be read to reach its first sector.
+_XZ_HEAD_STEPS = (64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    image: BaseImage
+    download_size: int | None
+    table: PartitionTable | None
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    image: OciImage
+    filesize: int
+    fullsize: int
+    manifest_digest: str | None  # None for images downloaded from a url
+    sizes_from: str  # "config", "registry" or "url"
+
+
+@dataclass(frozen=True)
+class FileSource:
+    entry: FileEntry
+    download_size: int | None  # None for content entries
+    expanded_size: int  # bytes it occupies once written or extracted
+
+
+@dataclass(frozen=True)
+class Inventory:
+    base: BaseSource
+    images: tuple[ImageSource, ...]
+    files: tuple[FileSource, ...]
+
+
+def inspect_sources(config: Config, *, concurrency: int) -> Inventory:
+    """Every source checked concurrently; all failures are reported together, by URL."""
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="check") as pool:
+        base = pool.submit(inspect_base, config.base)
+        images = [pool.submit(inspect_oci_image, image) for image in config.oci_images]
+        files = [
+            pool.submit(inspect_file, entry, f"files[{index}]")
+            for index, entry in enumerate(config.files)
+        ]
+        problems: list[str] = []
+
+        def collect(future: Callable[[], _T]) -> _T | None:
+            try:
+                return future()
+            except SourceError as exc:
+                problems.extend(exc.lines())
+                return None
+
+        base_source = collect(base.result)
+        image_sources = [collect(future.result) for future in images]
+        file_sources = [collect(future.result) for future in files]
+    if problems or base_source is None:
+        raise SourceError(problems[0], problems=problems)
+    return Inventory(
+        base=base_source,
+        images=tuple(source for source in image_sources if source is not None),
+        files=tuple(source for source in file_sources if source is not None),
+    )
+
+
+def inspect_base(base: BaseImage) -> BaseSource:
+    info = http.probe(base.url)
+    if base.checksum is not None:
+        expected_digest(base.checksum)
+    head = _read_head(base.url, compressed=base.is_xz)
+    table: PartitionTable | None = None
+    try:
+        table = parse_mbr(head)
+    except (ValueError, SourceError) as exc:
+        logger.debug("no partition table read from %s: %s", base.url, exc)
+    if table is None and base.root_size is None:
+        raise SourceError(
+            f"{base.url}: cannot read the base image's partition table; "
+            "give base.root_size to size the image"
+        )
+    return BaseSource(image=base, download_size=info.size, table=table)
+
+
+def _read_head(url: str, *, compressed: bool) -> bytes:
+    """The first sector of the (decompressed) image, reading as little as possible."""
+    if not compressed:
+        return http.read_range(url, 0, MBR_SECTOR_SIZE)
+    decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    output = b""
+    offset = 0
+    for end in _XZ_HEAD_STEPS:
+        chunk = http.read_range(url, offset, end - offset)
+        if not chunk:
+            break
+        offset += len(chunk)
+        try:
+            output += decompressor.decompress(chunk, max_length=MBR_SECTOR_SIZE - len(output))
+        except lzma.LZMAError as exc:
+            raise SourceError(f"{url}: not a valid .xz file: {exc}") from exc
+        if len(output) >= MBR_SECTOR_SIZE or decompressor.eof:
+            break
+    return output
+
+
+def expected_digest(checksum: Checksum) -> str:
+    """The digest to compare with: as given, or read from its URL (``kind: url``)."""
+    if checksum.kind is ChecksumKind.DIGEST:
+        return checksum.value
+    return parse_checksum_text(
+        http.read_text(checksum.value), algo=checksum.algo.value, source=checksum.value
+    )
+
+
+def inspect_oci_image(image: OciImage) -> ImageSource:
+    if image.url is not None:
+        size = http.probe(image.url).size
+        filesize = image.filesize or size
+        if filesize is None:
+            raise SourceError(f"{image.url}: size unknown; give filesize for {image.ident}")
+        # A docker-load tar holds uncompressed layers: its extracted size is at most its size.
+        return ImageSource(
+            image=image,
+            filesize=filesize,
+            fullsize=image.fullsize or filesize,
+            manifest_digest=None,
+            sizes_from="url",
+        )
+    remote = oci.inspect_image(image.ident)
+    from_config = image.filesize is not None and image.fullsize is not None
+    return ImageSource(
+        image=image,
+        filesize=image.filesize if image.filesize is not None else remote.export_size,
+        fullsize=image.fullsize if image.fullsize is not None else remote.extracted_size,
+        manifest_digest=remote.manifest_digest,
+        sizes_from="config" if from_config else "registry",
+    )
+
+
+def inspect_file(entry: FileEntry, label: str) -> FileSource:
+    if entry.content is not None:
+        return FileSource(entry=entry, download_size=None, expanded_size=len(entry.content))
+    if entry.url is None:  # the loader guarantees a url or a content
+        raise SourceError(f"{label}: neither url nor content")
+    info = http.probe(entry.url)
+    if entry.checksum is not None:
+        expected_digest(entry.checksum)
+    download_size = info.size
+    if entry.size is None and download_size is None:
+        raise SourceError(f"{entry.url}: the server gives no size; set {label}.size")
+    if entry.via.is_archive:
+        if entry.size is not None and download_size is not None and entry.size < download_size:
+            raise SourceError(
+                f"{label}.size: {format_size(entry.size)} is less than the archive itself "
+                f"({format_size(download_size)} at {entry.url}); give the expanded size"
+            )
+        expanded = entry.size if entry.size is not None else download_size
+    else:
+        if entry.size is not None and download_size is not None and entry.size != download_size:
+            raise SourceError(
+                f"{entry.url}: the server announces {download_size} bytes "
+                f"but {label}.size says {entry.size}"
+            )
+        expanded = download_size if download_size is not None else entry.size
+    assert expanded is not None  # one of both is known, checked above
+    return FileSource(entry=entry, download_size=download_size, expanded_size=expanded)
