@@ -161,6 +161,12 @@ def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # a bug: still one line, the traceback only with --debug
+        if options.debug:
+            logger.exception("unexpected error")
+        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("hint: run again with --debug for the traceback, and report it", file=sys.stderr)
+        return int(ExitCode.BUILD_FAILED)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return int(ExitCode.OK)

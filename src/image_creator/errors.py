@@ -79,17 +79,25 @@ class BuildError(ImageCreatorError):
 
 
 class CommandError(BuildError):
-    """A host command failed; keeps its argv, exit code and the tail of its stderr."""
+    """A host command failed; keeps its argv, exit code and the tail of what it printed.
 
-    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+    Some tools report on stdout (e2fsck lists its findings there), so both are kept.
+    """
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, stdout: str = "") -> None:
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr
-        tail = " | ".join(line for line in stderr.strip().splitlines()[-5:] if line.strip())
+        self.stdout = stdout
         message = f"command failed (exit {returncode}): {' '.join(self.argv)}"
+        tail = _tail(stderr) or _tail(stdout)
         if tail:
             message += f": {tail}"
         super().__init__(message)
+
+
+def _tail(text: str, lines: int = 5) -> str:
+    return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
 
 
 class Interrupted(ImageCreatorError):

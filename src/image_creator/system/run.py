@@ -27,6 +27,7 @@ DEBIAN_PACKAGES: Mapping[str, str] = {
     "dumpe2fs": "e2fsprogs",
     "mcopy": "mtools",
     "mdir": "mtools",
+    "mmd": "mtools",
     "mtype": "mtools",
     "mkfs.vfat": "dosfstools",
     "xz": "xz-utils",
@@ -83,7 +84,7 @@ def run(
         check=False,
     )
     if result.returncode not in set(ok_codes):
-        raise CommandError(args, result.returncode, result.stderr)
+        raise CommandError(args, result.returncode, result.stderr, result.stdout)
     if result.stderr.strip():
         logger.debug("stderr of %s: %s", args[0], result.stderr.strip())
     return result
