@@ -1,0 +1,350 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tests.support.httpserver import HttpServer
+
+from image_creator.__about__ import __version__
+from image_creator.errors import SourceError
+from image_creator.fetch.archives import extract_tar_stream
+from image_creator.fetch.checksums import (
+    HashingReader,
+    new_hasher,
+    parse_checksum_text,
+    verify_digest,
+)
+from image_creator.fetch.http import (
+    download,
+    make_session,
+    open_stream,
+    probe,
+    read_range,
+    read_text,
+)
+
+PAYLOAD = random.Random(42).randbytes(3 * 1024 * 1024 + 12345)
+PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+LAST_MODIFIED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+
+
+def fetch(url: str, **kwargs: object) -> tuple[bytes, list[float]]:
+    """Download into memory; returns the bytes and the backoff delays slept."""
+    received = io.BytesIO()
+    delays: list[float] = []
+    download(url, received.write, sleep=delays.append, **kwargs)  # type: ignore[arg-type]
+    return received.getvalue(), delays
+
+
+@pytest.fixture
+def zim_url(http_server: HttpServer) -> str:
+    return http_server.add("/zim/wikipedia_fr_test.zim", PAYLOAD, last_modified=LAST_MODIFIED)
+
+
+# probe --------------------------------------------------------------------
+
+
+def test_probe_uses_head(http_server: HttpServer, zim_url: str) -> None:
+    info = probe(zim_url)
+    assert info.url == zim_url
+    assert info.size == len(PAYLOAD)
+    assert info.etag == http_server.etag("/zim/wikipedia_fr_test.zim")
+    assert info.last_modified == LAST_MODIFIED
+    assert info.accepts_ranges
+    [record] = http_server.requests
+    assert record.method == "HEAD"
+    assert record.header("User-Agent") == f"image-creator/{__version__}"
+
+
+def test_probe_follows_redirects(http_server: HttpServer, zim_url: str) -> None:
+    http_server.fault("/latest.zim", redirect="/zim/wikipedia_fr_test.zim")
+    info = probe(http_server.url("/latest.zim"))
+    assert info.url == zim_url
+    assert info.size == len(PAYLOAD)
+
+
+def test_probe_falls_back_to_a_one_byte_get_without_head(
+    http_server: HttpServer, zim_url: str
+) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", no_head=True)
+    info = probe(zim_url)
+    assert info.size == len(PAYLOAD)
+    assert info.accepts_ranges
+    assert info.etag == http_server.etag("/zim/wikipedia_fr_test.zim")
+    assert [(r.method, r.status, r.range) for r in http_server.requests] == [
+        ("HEAD", 405, None),
+        ("GET", 206, "bytes=0-0"),
+    ]
+    assert http_server.requests[-1].body_length == 1
+
+
+def test_probe_of_empty_file(http_server: HttpServer) -> None:
+    url = http_server.add("/empty", b"")
+    http_server.fault("/empty", no_head=True)
+    assert probe(url).size == 0
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(404, "Not Found"), (403, "Forbidden")])
+def test_probe_client_errors(http_server: HttpServer, status: int, phrase: str) -> None:
+    url = http_server.url("/missing.zim")
+    http_server.fault("/missing.zim", status=status)
+    with pytest.raises(SourceError) as caught:
+        probe(url)
+    assert str(caught.value) == f"{url}: HTTP {status} {phrase}"
+
+
+def test_probe_unreachable_server() -> None:
+    with HttpServer() as server:
+        url = server.url("/gone")
+    with pytest.raises(SourceError) as caught:
+        probe(url, session=make_session(connect_retries=0), retries=1, backoff=0)
+    assert str(caught.value) == f"{url}: Failed to establish a new connection: " + (
+        "[Errno 111] Connection refused"
+    )
+
+
+def test_probe_file_url(tmp_path: Path) -> None:
+    path = tmp_path / "some file.img"
+    path.write_bytes(PAYLOAD)
+    info = probe(path.as_uri())
+    assert info.size == len(PAYLOAD)
+    assert info.url == path.as_uri()
+    with pytest.raises(SourceError, match="no such file"):
+        probe((tmp_path / "nope").as_uri())
+
+
+# download -----------------------------------------------------------------
+
+
+def test_download_streams_exact_bytes(http_server: HttpServer, zim_url: str) -> None:
+    received = io.BytesIO()
+    progress: list[int] = []
+    result = download(zim_url, received.write, on_progress=progress.append)
+    assert hashlib.sha256(received.getvalue()).hexdigest() == PAYLOAD_SHA256
+    assert result.size == sum(progress) == len(PAYLOAD)
+    assert max(progress) <= 1024 * 1024
+    assert result.resumes == 0
+    assert result.etag == http_server.etag("/zim/wikipedia_fr_test.zim")
+    assert result.last_modified == LAST_MODIFIED
+    [record] = http_server.requests
+    assert record.header("Accept-Encoding") == "identity"
+    assert record.range is None
+
+
+def test_download_resumes_after_a_dropped_connection(http_server: HttpServer, zim_url: str) -> None:
+    path = "/zim/wikipedia_fr_test.zim"
+    http_server.fault(path, drop_after=1_500_000, times=2)
+    data, delays = fetch(zim_url, backoff=0.5)
+    assert hashlib.sha256(data).hexdigest() == PAYLOAD_SHA256
+    assert delays == [0.5, 0.5]  # progress was made each time: the count restarts
+    gets = http_server.requests_for(path)
+    assert [(r.range, r.body_length) for r in gets] == [
+        (None, 1_500_000),
+        ("bytes=1500000-", 1_500_000),
+        ("bytes=3000000-", len(PAYLOAD) - 3_000_000),
+    ]
+    etag = http_server.etag(path)
+    assert all(r.header("If-Range") == etag for r in gets[1:])
+    assert all(r.header("If-Match") == etag for r in gets[1:])
+
+
+def test_download_retries_5xx_with_exponential_backoff(
+    http_server: HttpServer, zim_url: str
+) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", status=503, times=3)
+    data, delays = fetch(zim_url, backoff=1.0)
+    assert data == PAYLOAD
+    assert delays == [1.0, 2.0, 4.0]
+    assert [r.status for r in http_server.requests] == [503, 503, 503, 200]
+
+
+def test_download_gives_up_after_retries(http_server: HttpServer, zim_url: str) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", status=500)
+    with pytest.raises(SourceError) as caught:
+        fetch(zim_url, retries=2, backoff=0)
+    assert str(caught.value).startswith(f"{zim_url}: HTTP 500 Internal Server Error")
+    assert "3 attempts" in str(caught.value)
+    assert len(http_server.requests) == 3
+
+
+@pytest.mark.parametrize(("status", "phrase"), [(404, "Not Found"), (403, "Forbidden")])
+def test_download_client_errors_fail_at_once(
+    http_server: HttpServer, status: int, phrase: str
+) -> None:
+    url = http_server.url("/missing.zim")
+    http_server.fault("/missing.zim", status=status)
+    sink = io.BytesIO()
+    with pytest.raises(SourceError) as caught:
+        download(url, sink.write, backoff=0)
+    assert str(caught.value) == f"{url}: HTTP {status} {phrase}"
+    assert len(http_server.requests) == 1
+    assert sink.getvalue() == b""
+
+
+def test_download_refuses_to_resume_a_changed_file(http_server: HttpServer, zim_url: str) -> None:
+    path = "/zim/wikipedia_fr_test.zim"
+    http_server.fault(path, drop_after=1_000_000, times=1)
+    changed = False
+
+    def change_once(_nbytes: int) -> None:
+        nonlocal changed
+        if not changed:
+            http_server.add(path, b"a newer version " * 300_000)
+            changed = True
+
+    received = io.BytesIO()
+    with pytest.raises(SourceError) as caught:
+        download(zim_url, received.write, on_progress=change_once, backoff=0)
+    assert str(caught.value).startswith(f"{zim_url}: cannot resume the download at byte 1000000")
+    assert "ETag changed" in str(caught.value)
+    assert received.getvalue() == PAYLOAD[:1_000_000]
+
+
+def test_download_resumes_when_the_server_ignores_ranges(
+    http_server: HttpServer, zim_url: str
+) -> None:
+    path = "/zim/wikipedia_fr_test.zim"
+    http_server.fault(path, drop_after=2_000_000, times=1)
+
+    def stop_honouring_ranges(_nbytes: int) -> None:
+        http_server.fault(path, no_range=True)
+
+    received = io.BytesIO()
+    result = download(zim_url, received.write, on_progress=stop_honouring_ranges, backoff=0)
+    assert hashlib.sha256(received.getvalue()).hexdigest() == PAYLOAD_SHA256
+    assert result.resumes == 1
+    assert [r.status for r in http_server.requests_for(path)] == [200, 200]
+
+
+def test_download_follows_redirects_and_resumes_at_the_final_url(
+    http_server: HttpServer, zim_url: str
+) -> None:
+    http_server.fault("/mirror-me.zim", redirect="/zim/wikipedia_fr_test.zim")
+    http_server.fault("/zim/wikipedia_fr_test.zim", drop_after=1_000_000, times=1)
+    received = io.BytesIO()
+    result = download(http_server.url("/mirror-me.zim"), received.write, backoff=0)
+    assert received.getvalue() == PAYLOAD
+    assert result.final_url == zim_url
+    assert [r.path for r in http_server.requests] == [
+        "/mirror-me.zim",
+        "/zim/wikipedia_fr_test.zim",
+        "/zim/wikipedia_fr_test.zim",
+    ]
+
+
+def test_download_retries_after_a_read_timeout(http_server: HttpServer) -> None:
+    url = http_server.add("/stalls", PAYLOAD[:1000])
+    http_server.fault("/stalls", slow=2, times=1)  # a byte every half second, once
+    data, delays = fetch(url, timeout=(5.0, 0.1), backoff=0.25)
+    assert data == PAYLOAD[:1000]
+    assert delays == [0.25]
+    assert [r.range for r in http_server.requests] == [None, None]  # nothing was delivered
+
+
+def test_download_file_url(tmp_path: Path) -> None:
+    path = tmp_path / "base.img"
+    path.write_bytes(PAYLOAD)
+    received = io.BytesIO()
+    result = download(path.as_uri(), received.write)
+    assert received.getvalue() == PAYLOAD
+    assert result.size == len(PAYLOAD)
+    with pytest.raises(SourceError, match="no such file"):
+        download((tmp_path / "missing.img").as_uri(), received.write)
+
+
+# streams into the extractor -----------------------------------------------
+
+
+def make_tar_gz() -> tuple[bytes, dict[str, bytes]]:
+    rng = random.Random(7)
+    files = {f"site/page{index}.html": rng.randbytes(300_000) for index in range(10)}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue(), files
+
+
+def test_stream_into_tar_extractor_survives_drops(http_server: HttpServer, tmp_path: Path) -> None:
+    archive, files = make_tar_gz()
+    url = http_server.add("/site.tar.gz", archive)
+    http_server.fault("/site.tar.gz", drop_after=700_000, times=3)
+    hasher = new_hasher("sha-256")
+    with open_stream(url, backoff=0) as stream:
+        written = extract_tar_stream(
+            HashingReader(stream, hasher),
+            tmp_path / "dest",
+            compression="gz",
+            max_bytes=sum(map(len, files.values())),
+            source=url,
+        )
+        assert stream.resumes == 3
+    verify_digest(hasher, hashlib.sha256(archive).hexdigest(), source=url)
+    assert written == 3_000_000
+    for name, content in files.items():
+        assert (tmp_path / "dest" / name).read_bytes() == content
+
+
+def test_open_stream_reads_like_a_file(http_server: HttpServer, zim_url: str) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", drop_after=100_000, times=1)
+    with open_stream(zim_url, backoff=0) as stream:
+        assert stream.size == len(PAYLOAD)
+        head = stream.read(10)
+        rest = stream.read()
+    assert head + rest == PAYLOAD
+
+
+def test_open_stream_404_fails_on_open(http_server: HttpServer) -> None:
+    url = http_server.url("/nothing")
+    with pytest.raises(SourceError, match=r"HTTP 404 Not Found$"):
+        open_stream(url)
+
+
+# small reads --------------------------------------------------------------
+
+
+def test_read_text_of_a_checksum_url(http_server: HttpServer) -> None:
+    url = http_server.add(
+        "/zim/wikipedia_fr_test.zim.sha256",
+        f"{PAYLOAD_SHA256}  wikipedia_fr_test.zim\n".encode(),
+        content_type="text/plain",
+    )
+    text = read_text(url)
+    assert parse_checksum_text(text, algo="sha-256", source=url) == PAYLOAD_SHA256
+
+
+def test_read_text_refuses_large_bodies(http_server: HttpServer, zim_url: str) -> None:
+    with pytest.raises(SourceError, match="more than 1024 bytes"):
+        read_text(zim_url, limit=1024)
+
+
+def test_read_text_404(http_server: HttpServer) -> None:
+    url = http_server.url("/x.md5")
+    with pytest.raises(SourceError, match=r"HTTP 404 Not Found$"):
+        read_text(url)
+
+
+def test_read_range(http_server: HttpServer, zim_url: str) -> None:
+    assert read_range(zim_url, 1000, 5000) == PAYLOAD[1000:6000]
+    assert http_server.requests[-1].range == "bytes=1000-5999"
+    assert http_server.requests[-1].body_length == 5000
+    assert read_range(zim_url, len(PAYLOAD) - 10, 100) == PAYLOAD[-10:]
+    assert read_range(zim_url, len(PAYLOAD) + 10, 100) == b""
+
+
+def test_read_range_without_range_support(http_server: HttpServer, zim_url: str) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", no_range=True)
+    assert read_range(zim_url, 2_000_000, 100) == PAYLOAD[2_000_000:2_000_100]
+
+
+def test_read_range_file_url(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(PAYLOAD)
+    assert read_range(path.as_uri(), 10, 20) == PAYLOAD[10:30]
