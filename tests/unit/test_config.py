@@ -159,7 +159,9 @@ def test_content_wins_over_url() -> None:
     loaded = parse("base: 1.2.1\nfiles:\n- to: /data/a\n  url: http://x/a\n  content: hi\n")
     entry = loaded.config.files[0]
     assert (entry.content, entry.url, entry.is_download) == (b"hi", None, False)
-    assert loaded.warnings == ("cfg.yaml: files[0].url: ignored: content is given and wins over url",)
+    assert loaded.warnings == (
+        "cfg.yaml: files[0].url: ignored: content is given and wins over url",
+    )
 
 
 def test_sizes_are_decimal_or_binary() -> None:
@@ -184,12 +186,20 @@ def test_destinations_are_normalised() -> None:
         ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  via: rar\n", "files[0].via"),
         ("base: 1.2.1\noutput: {size: 12 parsecs}\n", "output.size: expected a size"),
         ("base: 1.2.1\noutput: {size: 1001}\n", "output.size: 1001 bytes is not a whole number"),
-        ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  checksum: {algo: crc, value: a}\n",
-         "files[0].checksum.algo: unknown value 'crc'"),
-        ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  checksum: {algo: md5, value: zz}\n",
-         "files[0].checksum.value: not a md5 hex digest"),
-        ("base: 1.2.1\nfiles:\n- to: /data/x\n  content: a\n- to: /data/x\n  content: b\n",
-         "files[1].to: /data/x is already the destination of files[0]"),
+        (
+            "base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n"
+            "  checksum: {algo: crc, value: a}\n",
+            "files[0].checksum.algo: unknown value 'crc'",
+        ),
+        (
+            "base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n"
+            "  checksum: {algo: md5, value: zz}\n",
+            "files[0].checksum.value: not a md5 hex digest",
+        ),
+        (
+            "base: 1.2.1\nfiles:\n- to: /data/x\n  content: a\n- to: /data/x\n  content: b\n",
+            "files[1].to: /data/x is already the destination of files[0]",
+        ),
         ("base: 1.2.1\nfiles:\n- to: /data/x\n", "files[0]: needs a url or a content"),
         ("base: ftp://host/base.img\n", "base: unsupported URL scheme 'ftp'"),
         ("base: {source: 1.2.1, root_size: many}\n", "base.root_size: expected a size"),
@@ -198,9 +208,14 @@ def test_destinations_are_normalised() -> None:
         ("base: 1.2.1\noci_images:\n- a/b/c/d:1\n", "oci_images[0]: not an image reference"),
         ("base: 1.2.1\noci_images: [{id: 12}]\n", "oci_images[0].id: expected a non-empty string"),
         ("base: 1.2.1\nfiles: {to: /data/x}\n", "files: expected a list"),
-        ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  via: base64\n",
-         "files[0].via: 'base64' applies to content"),
-        ("base: 1.2.1\nfiles:\n- to: /data/x\n  content: a\n  via: zip\n", "files[0].via: 'zip' needs a url"),
+        (
+            "base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  via: base64\n",
+            "files[0].via: 'base64' applies to content",
+        ),
+        (
+            "base: 1.2.1\nfiles:\n- to: /data/x\n  content: a\n  via: zip\n",
+            "files[0].via: 'zip' needs a url",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(text: str, expected: str) -> None:
@@ -245,5 +260,6 @@ def test_load_config_reads_files_and_urls(tmp_path: Path) -> None:
 
 def test_base64_content_is_decoded() -> None:
     payload = bytes(range(256))
-    text = f"base: 1.2.1\nfiles:\n- to: /data/bin\n  via: base64\n  content: {base64.b64encode(payload).decode()}\n"
+    encoded = base64.b64encode(payload).decode()
+    text = f"base: 1.2.1\nfiles:\n- to: /data/bin\n  via: base64\n  content: {encoded}\n"
     assert parse(text).config.files[0].content == payload
