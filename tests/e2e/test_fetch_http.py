@@ -8,10 +8,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from tests.support.httpserver import HttpServer
 
 from image_creator.__about__ import __version__
-from image_creator.errors import SourceError
+from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.fetch.archives import extract_tar_stream
 from image_creator.fetch.checksums import (
     HashingReader,
@@ -27,6 +26,7 @@ from image_creator.fetch.http import (
     read_range,
     read_text,
 )
+from tests.support.httpserver import HttpServer
 
 PAYLOAD = random.Random(42).randbytes(3 * 1024 * 1024 + 12345)
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -244,6 +244,27 @@ def test_download_retries_after_a_read_timeout(http_server: HttpServer) -> None:
     assert data == PAYLOAD[:1000]
     assert delays == [0.25]
     assert [r.range for r in http_server.requests] == [None, None]  # nothing was delivered
+
+
+def test_download_gives_up_when_every_attempt_drops_at_once(
+    http_server: HttpServer, zim_url: str
+) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", drop_after=0)
+    with pytest.raises(SourceError) as caught:
+        fetch(zim_url, retries=3, backoff=0)
+    assert str(caught.value).startswith(f"{zim_url}: connection ")
+    assert "gave up after 4 attempts" in str(caught.value)
+    assert len(http_server.requests) == 4
+
+
+def test_download_then_verify_a_wrong_checksum(http_server: HttpServer, zim_url: str) -> None:
+    hasher = new_hasher("md5")
+    download(zim_url, hasher.update)
+    assert hasher.hexdigest() == hashlib.md5(PAYLOAD).hexdigest()
+    with pytest.raises(ChecksumMismatchError) as caught:
+        verify_digest(hasher, "0" * 32, source=zim_url)
+    assert zim_url in str(caught.value)
+    assert hashlib.md5(PAYLOAD).hexdigest() in str(caught.value)
 
 
 def test_download_file_url(tmp_path: Path) -> None:

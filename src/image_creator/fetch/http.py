@@ -141,14 +141,17 @@ def local_path(url: str) -> Path | None:
     return Path(unquote(parts.path))
 
 
+def _status_text(response: requests.Response) -> str:
+    """``HTTP 404 Not Found``: the standard phrase, whatever the server wrote after the code."""
+    try:
+        phrase = HTTPStatus(response.status_code).phrase
+    except ValueError:
+        phrase = response.reason or ""
+    return f"HTTP {response.status_code} {phrase}".rstrip()
+
+
 def _http_error(url: str, response: requests.Response) -> SourceError:
-    reason = response.reason
-    if not reason:
-        try:
-            reason = HTTPStatus(response.status_code).phrase
-        except ValueError:
-            reason = ""
-    return SourceError(f"{url}: HTTP {response.status_code} {reason}".rstrip())
+    return SourceError(f"{url}: {_status_text(response)}")
 
 
 def _describe(exc: BaseException) -> str:
@@ -228,7 +231,7 @@ def _get(
             response.close()
             if response.status_code not in _RETRYABLE_STATUSES:
                 raise _http_error(url, response)
-            reason = f"HTTP {response.status_code} {response.reason}".rstrip()
+            reason = _status_text(response)
         failures += 1
         if failures > retries:
             raise SourceError(f"{url}: {reason} (after {failures} attempts)")
@@ -643,7 +646,7 @@ class _HttpStream(RemoteStream):
                 self._at_end = True
                 return
             if status in _RETRYABLE_STATUSES:
-                self._failed(f"HTTP {status} {response.reason}".rstrip())
+                self._failed(_status_text(response))
                 continue
             raise _http_error(self.url, response)
 
