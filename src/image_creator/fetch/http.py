@@ -511,15 +511,6 @@ class RemoteStream(io.RawIOBase):
         self._pending = self._pending[count:]
         return count
 
-    def info(self) -> RemoteInfo:
-        return RemoteInfo(
-            url=self.final_url,
-            size=self.size,
-            etag=self.etag,
-            last_modified=self.last_modified,
-            accepts_ranges=True,
-        )
-
 
 class _FileStream(RemoteStream):
     def __init__(self, url: str, path: Path, on_progress: ProgressCallback) -> None:
