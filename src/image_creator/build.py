@@ -47,7 +47,7 @@ def build(ctx: Context) -> None:
 
     with reporter.step("Fetching base image"):
         with reporter.progress("base image", inventory.base.download_size) as advance:
-            base_size = fetch_base_image(config.base, image, on_progress=advance)
+            base_size = fetch_base_image(inventory.base, image, ctx.downloads, on_progress=advance)
         reporter.info(f"{config.base.url}: {format_size(base_size)} once decompressed")
 
     with reporter.step(f"Growing image to {format_size(sizes.output)}"):
@@ -69,7 +69,14 @@ def build(ctx: Context) -> None:
                     exports.mkdir()
                     run_concurrently(
                         (
-                            functools.partial(place_image, source, root, exports, reporter)
+                            functools.partial(
+                                place_image,
+                                source,
+                                root,
+                                build_dir=exports,
+                                downloads=ctx.downloads,
+                                reporter=reporter,
+                            )
                             for source in inventory.images
                         ),
                         workers=options.concurrency,
@@ -78,7 +85,9 @@ def build(ctx: Context) -> None:
                 with reporter.step("Writing files"):
                     run_concurrently(
                         (
-                            functools.partial(place_file, source, root, reporter)
+                            functools.partial(
+                                place_file, source, root, downloads=ctx.downloads, reporter=reporter
+                            )
                             for source in inventory.files
                         ),
                         workers=options.concurrency,

@@ -6,6 +6,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from image_creator.cache.downloads import Downloads
 from image_creator.config.model import Config
 from image_creator.options import Options
 from image_creator.steps.sizes import SizePlan
@@ -23,6 +24,7 @@ class Context:
     inventory: Inventory | None = None
     sizes: SizePlan | None = None
     build_dir: Path | None = None
+    downloads: Downloads = field(default_factory=Downloads)
 
     def require_inventory(self) -> Inventory:
         if self.inventory is None:

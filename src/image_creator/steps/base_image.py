@@ -7,11 +7,10 @@ import lzma
 from pathlib import Path
 from typing import BinaryIO
 
-from image_creator.config.model import BaseImage
+from image_creator.cache.downloads import Downloads
 from image_creator.errors import SourceError
-from image_creator.fetch import http
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
-from image_creator.steps.sources import expected_digest
+from image_creator.steps.sources import BaseSource, expected_digest
 from image_creator.ui.base import ProgressCallback
 
 CHUNK = 1024 * 1024
@@ -52,15 +51,21 @@ class SparseWriter:
         return self.position
 
 
-def fetch_base_image(base: BaseImage, target: Path, *, on_progress: ProgressCallback) -> int:
+def fetch_base_image(
+    source: BaseSource, target: Path, downloads: Downloads, *, on_progress: ProgressCallback
+) -> int:
     """Write the (decompressed) base image to ``target``; returns its size in bytes."""
+    base = source.image
     hashers: list[Hasher] = []
     expected = None
     if base.checksum is not None:
         expected = expected_digest(base.checksum)
         hashers.append(new_hasher(base.checksum.algo.value))
-    with http.open_stream(base.url, on_progress=on_progress) as stream, target.open("r+b") as file:
-        reader = HashingReader(stream, *hashers)
+    with (
+        downloads.open(base.url, remote=source.remote, on_progress=on_progress) as fetched,
+        target.open("r+b") as file,
+    ):
+        reader = HashingReader(fetched.stream, *hashers)
         writer = SparseWriter(file)
         if base.is_xz:
             _decompress_xz(reader, writer, label=base.url)
@@ -68,10 +73,11 @@ def fetch_base_image(base: BaseImage, target: Path, *, on_progress: ProgressCall
             while chunk := reader.read(CHUNK):
                 writer.write(chunk)
         size = writer.close()
-    if expected is not None:
-        verify_digest(hashers[0], expected, source=base.url)
-    if size == 0:
-        raise SourceError(f"{base.url}: the base image is empty")
+        if size == 0:
+            raise SourceError(f"{base.url}: the base image is empty")
+        if base.checksum is not None and expected is not None:
+            verify_digest(hashers[0], expected, source=base.url)
+            fetched.verified(base.checksum.algo.value, expected)
     return size
 
 

@@ -1,8 +1,10 @@
 """Files onto the data partition: written once, verified before they take their name.
 
-Downloads stream straight onto the partition under a temporary name, hashed on the fly;
-tar archives are extracted while they download; a zip (which needs random access) is spooled
-once next to its destination. Nothing takes its final name before its checksum matched.
+Downloads stream straight onto the partition under a temporary name, hashed on the fly (and
+copied into the cache on the way when it keeps them); tar archives are extracted while they
+download; a zip (which needs random access) is spooled once next to its destination. Nothing
+takes its final name before its checksum matched. A cache hit of a plain file whose checksum
+is already known is copied by the kernel.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from image_creator.config.model import FileEntry, Via
-from image_creator.fetch import http
+from image_creator.cache.downloads import Downloads, Fetched, copy_file
+from image_creator.config.model import Checksum, FileEntry, Via
 from image_creator.fetch.archives import extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
 from image_creator.steps.placement import CancellableReader, Readable, destination, staged
@@ -22,7 +24,12 @@ CHUNK = 1024 * 1024
 
 
 def place_file(
-    source: FileSource, root: Path, reporter: Reporter, cancelled: threading.Event
+    source: FileSource,
+    root: Path,
+    cancelled: threading.Event,
+    *,
+    downloads: Downloads,
+    reporter: Reporter,
 ) -> int:
     """Put one config file entry in place under ``root``; returns the bytes it occupies."""
     entry = source.entry
@@ -31,27 +38,36 @@ def place_file(
         return _write_content(entry, entry.content, target)
     assert entry.url is not None  # the loader guarantees a url or a content
     url = entry.url
-    hashers: list[Hasher] = []
-    expected = None
-    if entry.checksum is not None:
-        expected = expected_digest(entry.checksum)
-        hashers.append(new_hasher(entry.checksum.algo.value))
-    label = str(entry.to)
+    expected = expected_digest(entry.checksum) if entry.checksum is not None else None
     with (
-        reporter.progress(label, source.download_size) as advance,
-        http.open_stream(url, on_progress=advance) as raw,
+        reporter.progress(str(entry.to), source.download_size) as advance,
+        downloads.open(url, remote=source.remote, on_progress=advance) as fetched,
     ):
-        reader = HashingReader(CancellableReader(raw, cancelled), *hashers)
+        if entry.via is Via.DIRECT and _known_good(fetched, entry.checksum, expected):
+            assert fetched.cached_path is not None
+            with staged(target) as staging:
+                copy_file(fetched.cached_path, staging)
+            return staging_size(target)
+        hashers: list[Hasher] = []
+        if entry.checksum is not None:
+            hashers.append(new_hasher(entry.checksum.algo.value))
+        reader = HashingReader(CancellableReader(fetched.stream, cancelled), *hashers)
+
+        def verify() -> None:
+            if entry.checksum is not None and expected is not None:
+                verify_digest(hashers[0], expected, source=url)
+                fetched.verified(entry.checksum.algo.value, expected)
+
         if entry.via is Via.DIRECT:
             with staged(target) as staging:
                 written = _copy(reader, staging)
-                _verify(hashers, expected, url)
+                verify()
             return written
         if entry.via is Via.ZIP:
             spool = target.with_name(f".{target.name}.zip-spool")
             try:
                 _copy(reader, spool)
-                _verify(hashers, expected, url)
+                verify()
                 with staged(target, directory=True) as staging:
                     return extract_zip(spool, staging, max_bytes=entry.size, source=url)
             finally:
@@ -64,8 +80,21 @@ def place_file(
                 max_bytes=entry.size,
                 source=url,
             )
-            _verify(hashers, expected, url)
+            verify()
         return written
+
+
+def _known_good(fetched: Fetched, checksum: Checksum | None, expected: str | None) -> bool:
+    """A cache hit whose content needs no hashing: no checksum asked, or already verified."""
+    if not fetched.from_cache:
+        return False
+    if checksum is None:
+        return True
+    return fetched.known_digests.get(checksum.algo.value) == expected
+
+
+def staging_size(path: Path) -> int:
+    return path.stat().st_size
 
 
 def _write_content(entry: FileEntry, content: bytes, target: Path) -> int:
@@ -85,8 +114,3 @@ def _copy(reader: Readable, path: Path) -> int:
             file.write(chunk)
             written += len(chunk)
     return written
-
-
-def _verify(hashers: list[Hasher], expected: str | None, url: str) -> None:
-    if hashers and expected is not None:
-        verify_digest(hashers[0], expected, source=url)

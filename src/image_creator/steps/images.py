@@ -1,11 +1,17 @@
-"""OCI images into /data/images/: pulled for linux/arm64/v8, or downloaded from their url."""
+"""OCI images into /data/images/: pulled for linux/arm64/v8, or downloaded from their url.
+
+Pulled images are kept in the cache (as exported tars, keyed by reference and platform,
+versioned by the platform manifest's digest) when the policy allows it.
+"""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path, PurePosixPath
 
-from image_creator.fetch import http, oci
+from image_creator.cache.downloads import Downloads, copy_file
+from image_creator.config.model import OCI_PLATFORM
+from image_creator.fetch import oci
 from image_creator.fetch.oci import ExportedImage
 from image_creator.steps.placement import CancellableReader, destination, staged
 from image_creator.steps.sources import ImageSource
@@ -15,27 +21,45 @@ IMAGES_FOLDER = PurePosixPath("images")
 CHUNK = 1024 * 1024
 
 
+def image_cache_key(ident: str) -> str:
+    return f"{ident}|{OCI_PLATFORM}"
+
+
 def place_image(
     source: ImageSource,
     root: Path,
-    build_dir: Path,
-    reporter: Reporter,
     cancelled: threading.Event,
+    *,
+    build_dir: Path,
+    downloads: Downloads,
+    reporter: Reporter,
 ) -> ExportedImage:
     """The image's docker-load tar at /data/images/NAME.tar, verified layer by layer."""
     image = source.image
     target = destination(root, IMAGES_FOLDER / oci.export_filename(image.ident))
+    label = image.url or image.ident
     with staged(target) as staging:
-        if image.url is None:
-            with reporter.progress(f"pulling {image.ident}", None):
-                oci.export_image(image.ident, staging, build_dir=build_dir)
-        else:
+        if image.url is not None:
             with (
                 reporter.progress(image.ident, source.filesize) as advance,
-                http.open_stream(image.url, on_progress=advance) as raw,
+                downloads.open(image.url, remote=source.remote, on_progress=advance) as fetched,
                 staging.open("wb") as file,
             ):
-                reader = CancellableReader(raw, cancelled)
+                reader = CancellableReader(fetched.stream, cancelled)
                 while chunk := reader.read(CHUNK):
                     file.write(chunk)
-        return oci.verify_export(staging, label=image.url or image.ident)
+                return oci.verify_export(staging, label=label)
+        with downloads.image_tar(
+            image.ident,
+            image_cache_key(image.ident),
+            version=source.manifest_digest or "",
+            size=source.filesize,
+        ) as slot:
+            if slot.cached_path is not None:
+                copy_file(slot.cached_path, staging)
+                return oci.verify_export(staging, label=label)
+            with reporter.progress(f"pulling {image.ident}", None):
+                oci.export_image(image.ident, staging, build_dir=build_dir)
+            exported = oci.verify_export(staging, label=label)
+            slot.keep(staging)
+            return exported

@@ -14,6 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from image_creator.cache.downloads import version_of
+from image_creator.cache.entry import EntryKind
+from image_creator.cache.store import CacheStore
 from image_creator.config.model import (
     BaseImage,
     Checksum,
@@ -26,6 +29,7 @@ from image_creator.config.units import format_size
 from image_creator.errors import SourceError
 from image_creator.fetch import http, oci
 from image_creator.fetch.checksums import parse_checksum_text
+from image_creator.fetch.http import RemoteInfo
 from image_creator.system.partitions import MBR_SECTOR_SIZE, PartitionTable, parse_mbr
 
 logger = logging.getLogger(__name__)
@@ -38,8 +42,12 @@ _XZ_HEAD_STEPS = (64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
 @dataclass(frozen=True)
 class BaseSource:
     image: BaseImage
-    download_size: int | None
+    remote: RemoteInfo
     table: PartitionTable | None
+
+    @property
+    def download_size(self) -> int | None:
+        return self.remote.size
 
 
 @dataclass(frozen=True)
@@ -49,13 +57,18 @@ class ImageSource:
     fullsize: int
     manifest_digest: str | None  # None for images downloaded from a url
     sizes_from: str  # "config", "registry" or "url"
+    remote: RemoteInfo | None = None  # for images downloaded from a url
 
 
 @dataclass(frozen=True)
 class FileSource:
     entry: FileEntry
-    download_size: int | None  # None for content entries
+    remote: RemoteInfo | None  # None for content entries
     expanded_size: int  # bytes it occupies once written or extracted
+
+    @property
+    def download_size(self) -> int | None:
+        return self.remote.size if self.remote is not None else None
 
 
 @dataclass(frozen=True)
@@ -65,10 +78,12 @@ class Inventory:
     files: tuple[FileSource, ...]
 
 
-def inspect_sources(config: Config, *, concurrency: int) -> Inventory:
+def inspect_sources(
+    config: Config, *, concurrency: int, cache: CacheStore | None = None
+) -> Inventory:
     """Every source checked concurrently; all failures are reported together, by URL."""
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="check") as pool:
-        base = pool.submit(inspect_base, config.base)
+        base = pool.submit(inspect_base, config.base, cache)
         images = [pool.submit(inspect_oci_image, image) for image in config.oci_images]
         files = [
             pool.submit(inspect_file, entry, f"files[{index}]")
@@ -95,11 +110,15 @@ def inspect_sources(config: Config, *, concurrency: int) -> Inventory:
     )
 
 
-def inspect_base(base: BaseImage) -> BaseSource:
+def inspect_base(base: BaseImage, cache: CacheStore | None = None) -> BaseSource:
     info = http.probe(base.url)
     if base.checksum is not None:
         expected_digest(base.checksum)
-    head = _read_head(base.url, compressed=base.is_xz)
+    cached = None
+    if cache is not None:
+        cached = cache.peek(EntryKind.FILES, base.url, base.url, version=version_of(info))
+    # a cached copy spares a request; the partition table only serves to compute sizes
+    head = _read_head(cached.as_uri() if cached else base.url, compressed=base.is_xz)
     table: PartitionTable | None = None
     try:
         table = parse_mbr(head)
@@ -110,7 +129,7 @@ def inspect_base(base: BaseImage) -> BaseSource:
             f"{base.url}: cannot read the base image's partition table; "
             "give base.root_size to size the image"
         )
-    return BaseSource(image=base, download_size=info.size, table=table)
+    return BaseSource(image=base, remote=info, table=table)
 
 
 def _read_head(url: str, *, compressed: bool) -> bytes:
@@ -145,8 +164,8 @@ def expected_digest(checksum: Checksum) -> str:
 
 def inspect_oci_image(image: OciImage) -> ImageSource:
     if image.url is not None:
-        size = http.probe(image.url).size
-        filesize = image.filesize or size
+        remote = http.probe(image.url)
+        filesize = image.filesize or remote.size
         if filesize is None:
             raise SourceError(f"{image.url}: size unknown; give filesize for {image.ident}")
         # A docker-load tar holds uncompressed layers: its extracted size is at most its size.
@@ -156,21 +175,22 @@ def inspect_oci_image(image: OciImage) -> ImageSource:
             fullsize=image.fullsize or filesize,
             manifest_digest=None,
             sizes_from="url",
+            remote=remote,
         )
-    remote = oci.inspect_image(image.ident)
+    registry_image = oci.inspect_image(image.ident)
     from_config = image.filesize is not None and image.fullsize is not None
     return ImageSource(
         image=image,
-        filesize=image.filesize if image.filesize is not None else remote.export_size,
-        fullsize=image.fullsize if image.fullsize is not None else remote.extracted_size,
-        manifest_digest=remote.manifest_digest,
+        filesize=image.filesize if image.filesize is not None else registry_image.export_size,
+        fullsize=image.fullsize if image.fullsize is not None else registry_image.extracted_size,
+        manifest_digest=registry_image.manifest_digest,
         sizes_from="config" if from_config else "registry",
     )
 
 
 def inspect_file(entry: FileEntry, label: str) -> FileSource:
     if entry.content is not None:
-        return FileSource(entry=entry, download_size=None, expanded_size=len(entry.content))
+        return FileSource(entry=entry, remote=None, expanded_size=len(entry.content))
     if entry.url is None:  # the loader guarantees a url or a content
         raise SourceError(f"{label}: neither url nor content")
     info = http.probe(entry.url)
@@ -194,4 +214,4 @@ def inspect_file(entry: FileEntry, label: str) -> FileSource:
             )
         expanded = download_size if download_size is not None else entry.size
     assert expanded is not None  # one of both is known, checked above
-    return FileSource(entry=entry, download_size=download_size, expanded_size=expanded)
+    return FileSource(entry=entry, remote=info, expanded_size=expanded)

@@ -1,0 +1,150 @@
+"""Sources opened for a build: from the cache when it holds them, else from the network,
+filling the cache on the way when the policy allows it."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from image_creator.cache.entry import EntryKind
+from image_creator.cache.store import CacheStore, CacheWriter
+from image_creator.fetch import http
+from image_creator.fetch.archives import ReadableStream
+from image_creator.fetch.http import RemoteInfo
+from image_creator.ui.base import ProgressCallback, no_progress
+
+
+def version_of(info: RemoteInfo | None) -> str:
+    """The remote's version marker: its ETag, else its size and Last-Modified, else ""."""
+    if info is None:
+        return ""
+    if info.etag:
+        return f"etag:{info.etag}"
+    if info.size is not None and info.last_modified is not None:
+        return f"size:{info.size}|modified:{info.last_modified.isoformat()}"
+    return ""
+
+
+def is_cacheable_url(url: str) -> bool:
+    """Local files are never cached: they are already on this machine."""
+    return urlsplit(url).scheme.lower() in ("http", "https")
+
+
+class _Tee:
+    """Passes a stream through, copying every byte into a cache entry being written."""
+
+    def __init__(self, stream: http.RemoteStream, writer: CacheWriter) -> None:
+        self._stream = stream
+        self._writer = writer
+        self.at_end = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self._writer.write(data)
+        elif size != 0:
+            self.at_end = True
+        return data
+
+
+@dataclass
+class Fetched:
+    """An open source. ``cached_path`` is set on a cache hit (for kernel-side copies)."""
+
+    stream: ReadableStream
+    cached_path: Path | None = None
+    known_digests: dict[str, str] = field(default_factory=dict)  # verified earlier, by algo
+    _writer: CacheWriter | None = None
+
+    @property
+    def from_cache(self) -> bool:
+        return self.cached_path is not None
+
+    def verified(self, algo: str, digest: str) -> None:
+        """Record a config checksum verified on this content, kept with a new cache entry."""
+        if self._writer is not None:
+            self._writer.digests[algo] = digest
+
+
+@dataclass(frozen=True)
+class Downloads:
+    cache: CacheStore | None = None
+
+    @contextlib.contextmanager
+    def open(
+        self,
+        url: str,
+        *,
+        remote: RemoteInfo | None,
+        on_progress: ProgressCallback = no_progress,
+    ) -> Iterator[Fetched]:
+        """Open ``url`` for one sequential read to its end.
+
+        A new cache entry is committed only if the block reads the source to its end and
+        ends without an error (so after the caller verified its checksum).
+        """
+        if self.cache is None or not is_cacheable_url(url):
+            with http.open_stream(url, on_progress=on_progress) as stream:
+                yield Fetched(stream=stream)
+            return
+        size = remote.size if remote is not None else None
+        with self.cache.slot(
+            EntryKind.FILES, url, url, version=version_of(remote), size=size
+        ) as slot:
+            if slot.path is not None and slot.entry is not None:
+                with slot.path.open("rb") as cached:
+                    on_progress(slot.entry.size)
+                    yield Fetched(
+                        stream=cached,
+                        cached_path=slot.path,
+                        known_digests=dict(slot.entry.digests),
+                    )
+                return
+            with http.open_stream(url, on_progress=on_progress) as stream:
+                if slot.writer is None:
+                    yield Fetched(stream=stream)
+                    return
+                tee = _Tee(stream, slot.writer)
+                yield Fetched(stream=tee, _writer=slot.writer)
+                slot.writer.complete = tee.at_end
+
+    @contextlib.contextmanager
+    def image_tar(self, ident: str, key: str, *, version: str, size: int) -> Iterator[ImageTarSlot]:
+        """The cached tar of an OCI image, or where to keep a freshly exported one."""
+        if self.cache is None:
+            yield ImageTarSlot()
+            return
+        with self.cache.slot(EntryKind.OCI_IMAGES, ident, key, version=version, size=size) as slot:
+            yield ImageTarSlot(cached_path=slot.path, writer=slot.writer)
+
+
+@dataclass
+class ImageTarSlot:
+    cached_path: Path | None = None
+    writer: CacheWriter | None = None
+
+    def keep(self, exported: Path) -> None:
+        """Copy a verified export into the cache entry being written."""
+        if self.writer is None:
+            return
+        with exported.open("rb") as source:
+            shutil.copyfileobj(source, _WriterFile(self.writer), length=1024 * 1024)
+        self.writer.complete = True
+
+
+class _WriterFile:
+    def __init__(self, writer: CacheWriter) -> None:
+        self._writer = writer
+
+    def write(self, data: bytes) -> int:
+        self._writer.write(data)
+        return len(data)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy in the kernel (copy_file_range/sendfile) where the platform allows it."""
+    shutil.copyfile(source, target)

@@ -1,0 +1,155 @@
+"""Builds with --cache-dir, end to end: what is downloaded, what is reused, what is refreshed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from image_creator.cache.entry import EntryKind
+from image_creator.cache.policy import load_policy
+from image_creator.cache.store import CacheStore
+from image_creator.cli import main
+from image_creator.demo import make_base_image
+from image_creator.ui.base import NullReporter
+from tests.support.archives import tar_bytes
+from tests.support.httpserver import HttpServer
+from tests.support.image_files import BuiltImage, tree_digests
+from tests.support.registry import Registry
+from tests.support.requirements import require_root, require_tools
+
+pytestmark = pytest.mark.root
+
+ZIM = b"ZIM\x04" + bytes(range(256)) * 2000
+TREE = {"index.html": b"<p>cached</p>\n", "a/b.txt": b"b" * 3000}
+
+
+@pytest.fixture
+def served(http_server: HttpServer, tmp_path: Path) -> HttpServer:
+    require_root()
+    require_tools("sfdisk", "mkfs.vfat", "mke2fs", "mcopy", "xz", "debugfs", "losetup")
+    base = tmp_path / "base" / "base.img"
+    make_base_image(base, xz=True)
+    http_server.add("/base.img.xz", base.with_name("base.img.xz").read_bytes())
+    http_server.add("/zim/wiki_2024-01.zim", ZIM)
+    http_server.add("/site.tar.gz", tar_bytes(TREE, "gz"))
+    return http_server
+
+
+def write_config(path: Path, server: HttpServer, images: list[str]) -> Path:
+    config: dict[str, Any] = {
+        "base": server.url("/base.img.xz"),
+        "oci_images": images,
+        "files": [
+            {
+                "url": server.url("/zim/wiki_2024-01.zim"),
+                "to": "/data/contents/zims/wiki.zim",
+                "checksum": {"algo": "sha-256", "value": hashlib.sha256(ZIM).hexdigest()},
+            },
+            {
+                "url": server.url("/site.tar.gz"),
+                "to": "/data/contents/site",
+                "via": "gztar",
+                "size": 100_000,
+            },
+        ],
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def build(config: Path, output: Path, cache: Path) -> int:
+    return main(
+        ["-X", "--cache-dir", str(cache), str(config), str(output)], reporter=NullReporter()
+    )
+
+
+def data_digests(image: Path, dump: Path) -> dict[str, str]:
+    return tree_digests(BuiltImage.open(image).dump_data(dump))
+
+
+def test_second_build_downloads_nothing(
+    served: HttpServer, registry_env: Registry, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    image_ref = registry_env["test/hello:1.0"].ref
+    config = write_config(tmp_path / "config.yaml", served, [image_ref])
+
+    assert build(config, tmp_path / "first.img", cache) == 0
+    first_gets = served.content_gets()
+    assert {record.path for record in first_gets} == {
+        "/base.img.xz",
+        "/zim/wiki_2024-01.zim",
+        "/site.tar.gz",
+    }
+    assert (cache / "policy.yaml").is_file()
+    store = CacheStore(cache, load_policy(cache))
+    entries = {entry.source: entry for entry in store.entries()}
+    assert set(entries) == {
+        served.url("/base.img.xz"),
+        served.url("/zim/wiki_2024-01.zim"),
+        served.url("/site.tar.gz"),
+        image_ref,
+    }
+    assert entries[image_ref].kind is EntryKind.OCI_IMAGES
+    zim_entry = entries[served.url("/zim/wiki_2024-01.zim")]
+    assert (cache / "entries" / zim_entry.ident).read_bytes() == ZIM
+    assert zim_entry.digests == {"sha-256": hashlib.sha256(ZIM).hexdigest()}
+    assert list((cache / "tmp").iterdir()) == []
+
+    served.clear_log()
+    assert build(config, tmp_path / "second.img", cache) == 0
+    assert served.content_gets() == []
+    assert data_digests(tmp_path / "first.img", tmp_path / "d1") == data_digests(
+        tmp_path / "second.img", tmp_path / "d2"
+    )
+    used = {entry.source: entry.use_count for entry in store.entries()}
+    assert set(used.values()) == {2}
+
+
+def test_corrupt_entry_is_downloaded_again(served: HttpServer, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    config = write_config(tmp_path / "config.yaml", served, [])
+    assert build(config, tmp_path / "first.img", cache) == 0
+    store = CacheStore(cache, load_policy(cache))
+    zim = store.lookup(EntryKind.FILES, served.url("/zim/wiki_2024-01.zim"))
+    assert zim is not None
+    content = cache / "entries" / zim.ident
+    damaged = bytearray(content.read_bytes())
+    damaged[100] ^= 0xFF
+    content.write_bytes(bytes(damaged))
+
+    served.clear_log()
+    assert build(config, tmp_path / "second.img", cache) == 0
+    assert [record.path for record in served.content_gets()] == ["/zim/wiki_2024-01.zim"]
+    assert content.read_bytes() == ZIM
+    assert data_digests(tmp_path / "second.img", tmp_path / "d")["contents/zims/wiki.zim"] == (
+        hashlib.sha256(ZIM).hexdigest()
+    )
+
+
+@pytest.mark.parametrize(("check_after", "fetched_again"), [("0", True), ("30d", False)])
+def test_changed_source_is_refreshed_after_check_after(
+    served: HttpServer, tmp_path: Path, check_after: str, fetched_again: bool
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "policy.yaml").write_text(f"files:\n  check_after: {check_after}\n")
+    site = served.url("/site.tar.gz")
+    config = write_config(tmp_path / "config.yaml", served, [])
+    assert build(config, tmp_path / "first.img", cache) == 0
+
+    new_tree = {**TREE, "index.html": b"<p>new version</p>\n"}
+    served.add("/site.tar.gz", tar_bytes(new_tree, "gz"))  # a new ETag
+    served.clear_log()
+    assert build(config, tmp_path / "second.img", cache) == 0
+    fetched = [record.path for record in served.content_gets()]
+    assert fetched == (["/site.tar.gz"] if fetched_again else [])
+    index = data_digests(tmp_path / "second.img", tmp_path / "d")["contents/site/index.html"]
+    expected = (new_tree if fetched_again else TREE)["index.html"]
+    assert index == hashlib.sha256(expected).hexdigest()
+    store = CacheStore(cache, load_policy(cache))
+    assert store.lookup(EntryKind.FILES, site) is not None
