@@ -123,10 +123,10 @@ def test_full_build(
     before = read_partition_table(base_image)
     assert built.table.disk_id == before.disk_id
     assert built.table.partitions[:2] == before.partitions[:2]
-    data = built.table.partition(3)
-    assert data is not None
-    assert data.start_bytes == before.partitions[2].start_bytes
-    assert data.end_bytes == OUTPUT_SIZE
+    data_partition = built.table.partition(3)
+    assert data_partition is not None
+    assert data_partition.start_bytes == before.partitions[2].start_bytes
+    assert data_partition.end_bytes == OUTPUT_SIZE
     base = BuiltImage.open(base_image)
     assert built.partition_bytes_digest(2) == base.partition_bytes_digest(2)
     built.fsck_data()  # raises unless clean
