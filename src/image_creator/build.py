@@ -14,6 +14,7 @@ import os
 from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.errors import BuildError
+from image_creator.report import sha256_file
 from image_creator.steps.base_image import fetch_base_image
 from image_creator.steps.configs import write_image_config, write_offspot_config
 from image_creator.steps.files import place_file
@@ -45,17 +46,18 @@ def build(ctx: Context) -> None:
         temporary_directory(default_build_dir(options), prefix=".image-creator-build-")
     )
 
-    with reporter.step("Fetching base image"):
+    with ctx.timeline.step("Fetching base image"):
         with reporter.progress("base image", inventory.base.download_size) as advance:
-            base_size = fetch_base_image(inventory.base, image, ctx.downloads, on_progress=advance)
-        reporter.info(f"{config.base.url}: {format_size(base_size)} once decompressed")
+            base = fetch_base_image(inventory.base, image, ctx.downloads, on_progress=advance)
+        ctx.record.base = base
+        reporter.info(f"{config.base.url}: {format_size(base.image_size)} once decompressed")
 
-    with reporter.step(f"Growing image to {format_size(sizes.output)}"):
+    with ctx.timeline.step(f"Growing image to {format_size(sizes.output)}"):
         grow_image_file(image, sizes.output)
         data_partition = grow_data_partition(image)
 
     with attached_partition(image, data_partition) as device:
-        with reporter.step("Resizing data filesystem"):
+        with ctx.timeline.step("Resizing data filesystem"):
             check_filesystem(device, fix=True)
             resize_filesystem(device)
             check_filesystem(device, fix=True)
@@ -64,10 +66,10 @@ def build(ctx: Context) -> None:
         mountpoint.mkdir()
         with mounted(device, mountpoint) as root:
             if inventory.images:
-                with reporter.step("Pulling OCI images"):
+                with ctx.timeline.step("Pulling OCI images"):
                     exports = build_dir / "exports"
                     exports.mkdir()
-                    run_concurrently(
+                    ctx.record.images = run_concurrently(
                         (
                             functools.partial(
                                 place_image,
@@ -82,8 +84,8 @@ def build(ctx: Context) -> None:
                         workers=options.concurrency,
                     )
             if inventory.files:
-                with reporter.step("Writing files"):
-                    run_concurrently(
+                with ctx.timeline.step("Writing files"):
+                    ctx.record.files = run_concurrently(
                         (
                             functools.partial(
                                 place_file, source, root, downloads=ctx.downloads, reporter=reporter
@@ -96,16 +98,20 @@ def build(ctx: Context) -> None:
                 write_image_config(root, config.document)
             os.sync()
 
-        with reporter.step("Checking data filesystem"):
+        with ctx.timeline.step("Checking data filesystem"):
             check_filesystem(device, fix=False)
 
     if config.offspot:
-        with reporter.step("Writing offspot.yaml"):
+        with ctx.timeline.step("Writing offspot.yaml"):
             boot = read_partition_table(image).partition(BOOT_PARTITION_NUMBER)
             if boot is None:
                 raise BuildError("the base image has no boot partition (1) for offspot.yaml")
             write_offspot_config(image, boot.start_bytes, config.offspot)
 
-    with reporter.step("Publishing"):
+    with ctx.timeline.step("Publishing"):
         publish(image, options.output)
+        ctx.record.output = options.output
+    if options.report is not None:
+        with ctx.timeline.step("Computing the image's sha256"):
+            ctx.record.output_sha256 = sha256_file(options.output)
     reporter.info(f"image ready: {options.output} ({format_size(sizes.output)})")

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from image_creator.__about__ import __version__
 from image_creator.config.units import UnitError, parse_size
-from image_creator.errors import ExitCode, ImageCreatorError, Interrupted
+from image_creator.errors import ExitCode, ImageCreatorError, Interrupted, exit_code_for
 from image_creator.options import DEFAULT_CONCURRENCY, Options
 from image_creator.pipeline import run
 from image_creator.ui.base import Reporter
@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="Refuse to build an image larger than SIZE (e.g. 64GB, 32GiB)",
     )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="Write a JSON record of the build (or of the check) to FILE, even on failure",
+    )
     parser.add_argument("-D", "--debug", action="store_true", help="Verbose logs and tracebacks")
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -127,6 +133,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         overwrite=args.overwrite,
         concurrency=args.concurrency,
         max_size=args.max_size,
+        report=args.report,
         debug=args.debug,
     )
 
@@ -157,16 +164,16 @@ def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None)
             print(f"error: {line}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:
+        return int(exit_code_for(exc))
+    except KeyboardInterrupt as exc:
         print("error: interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+        return int(exit_code_for(exc))
     except Exception as exc:  # a bug: still one line, the traceback only with --debug
         if options.debug:
             logger.exception("unexpected error")
         print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hint: run again with --debug for the traceback, and report it", file=sys.stderr)
-        return int(ExitCode.BUILD_FAILED)
+        return int(exit_code_for(exc))
     finally:
         signal.signal(signal.SIGTERM, previous)
     return int(ExitCode.OK)

@@ -9,6 +9,7 @@ from pathlib import Path
 from image_creator.cache.downloads import Downloads
 from image_creator.config.model import Config
 from image_creator.options import Options
+from image_creator.report import Report, Timeline
 from image_creator.steps.sizes import SizePlan
 from image_creator.steps.sources import Inventory
 from image_creator.ui.base import Reporter
@@ -20,6 +21,8 @@ class Context:
     config: Config
     reporter: Reporter
     stack: ExitStack
+    timeline: Timeline
+    record: Report
     warnings: list[str] = field(default_factory=list)
     inventory: Inventory | None = None
     sizes: SizePlan | None = None

@@ -104,3 +104,12 @@ class Interrupted(ImageCreatorError):
     """SIGINT or SIGTERM received."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The exit code of a run that ended with ``error``: the one mapping, used everywhere."""
+    if isinstance(error, ImageCreatorError):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return ExitCode.INTERRUPTED
+    return ExitCode.BUILD_FAILED

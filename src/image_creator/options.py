@@ -20,4 +20,5 @@ class Options:
     overwrite: bool = False
     concurrency: int = DEFAULT_CONCURRENCY
     max_size: int | None = None
+    report: Path | None = None
     debug: bool = False

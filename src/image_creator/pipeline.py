@@ -13,9 +13,10 @@ from image_creator.cache.eviction import describe
 from image_creator.config.loader import load_config
 from image_creator.config.units import format_size
 from image_creator.context import Context
-from image_creator.errors import OutputError
+from image_creator.errors import ImageCreatorError, OutputError, exit_code_for
 from image_creator.fetch import http
 from image_creator.options import Options
+from image_creator.report import Report, Timeline
 from image_creator.steps.cache import cache_uses, forecast, open_cache, report_forecast, show_cache
 from image_creator.steps.host import ensure_host_ready, host_problems
 from image_creator.steps.output import default_build_dir
@@ -25,62 +26,83 @@ from image_creator.ui.base import Reporter
 
 
 def run(options: Options, reporter: Reporter) -> None:
-    with ExitStack() as stack:
-        cache = open_cache(options.cache_dir) if options.cache_dir is not None else None
-        if cache is not None and options.show_cache and not options.config_src:
-            show_cache(cache, reporter)
-            return
-        with reporter.step("Reading config"):
-            loaded = load_config(options.config_src, read_url=http.read_text)
-            for warning in loaded.warnings:
-                reporter.warning(warning)
-        ctx = Context(
-            options=options,
-            config=loaded.config,
-            reporter=reporter,
-            stack=stack,
-            downloads=Downloads(cache),
-        )
-        check_output_path(ctx)
-        with reporter.step("Checking host"):
-            problems = host_problems()
-            if options.check or options.show_cache:
-                for problem in problems:
-                    reporter.warning(f"a build here would fail: {problem}")
-            else:
-                ensure_host_ready(problems)
-        with reporter.step("Checking sources"):
-            ctx.inventory = inspect_sources(
-                ctx.config, concurrency=options.concurrency, cache=cache
-            )
-            report_sources(ctx.inventory, reporter)
-        with reporter.step("Computing sizes"):
-            ctx.sizes = plan_sizes(
-                ctx.inventory, requested=ctx.config.output_size, max_size=options.max_size
-            )
-            report_sizes(ctx)
-            check_free_space(ctx)
-        uses = cache_uses(ctx.inventory) if cache is not None else []
-        if cache is not None:
-            with reporter.step("Cache"):
-                expected = forecast(cache, uses)
-                report_forecast(expected, reporter)
-                if options.show_cache:
-                    show_cache(cache, reporter)
+    """The whole run; with --report, its record is written whatever the outcome."""
+    timeline = Timeline(reporter)
+    record = Report(mode="check" if options.check else "build", config_source=options.config_src)
+    try:
+        with ExitStack() as stack:
+            _run(options, reporter, timeline, record, stack)
+    except BaseException as exc:
+        record.error = {
+            "message": "; ".join(exc.lines()) if isinstance(exc, ImageCreatorError) else str(exc),
+            "step": timeline.current,
+            "exit_code": int(exit_code_for(exc)),
+        }
+        raise
+    finally:
+        if options.report is not None:
+            record.write(options.report, timeline)
+
+
+def _run(
+    options: Options, reporter: Reporter, timeline: Timeline, record: Report, stack: ExitStack
+) -> None:
+    cache = open_cache(options.cache_dir) if options.cache_dir is not None else None
+    if cache is not None and options.show_cache and not options.config_src:
+        show_cache(cache, reporter)
+        return
+    with timeline.step("Reading config"):
+        loaded = load_config(options.config_src, read_url=http.read_text)
+        record.config_sha256 = loaded.sha256
+        for warning in loaded.warnings:
+            reporter.warning(warning)
+    ctx = Context(
+        options=options,
+        config=loaded.config,
+        reporter=reporter,
+        stack=stack,
+        timeline=timeline,
+        record=record,
+        downloads=Downloads(cache),
+    )
+    check_output_path(ctx)
+    with timeline.step("Checking host"):
+        problems = host_problems()
         if options.check or options.show_cache:
-            reporter.info("check passed: nothing was downloaded or written")
-            return
-        if cache is not None:
-            with reporter.step("Making room in the cache"):
-                for eviction in cache.evict(
-                    incoming=expected.incoming, protected=expected.protected
-                ):
-                    reporter.info(f"evicted {describe(eviction)}")
-        build(ctx)
-        if cache is not None:
-            with reporter.step("Tidying the cache"):
-                for eviction in cache.evict(protected=[use.key for use in uses]):
-                    reporter.info(f"evicted {describe(eviction)}")
+            for problem in problems:
+                reporter.warning(f"a build here would fail: {problem}")
+        else:
+            ensure_host_ready(problems)
+    with timeline.step("Checking sources"):
+        ctx.inventory = inspect_sources(ctx.config, concurrency=options.concurrency, cache=cache)
+        record.inventory = ctx.inventory
+        report_sources(ctx.inventory, reporter)
+    with timeline.step("Computing sizes"):
+        ctx.sizes = plan_sizes(
+            ctx.inventory, requested=ctx.config.output_size, max_size=options.max_size
+        )
+        record.sizes = ctx.sizes
+        report_sizes(ctx)
+        check_free_space(ctx)
+    uses = cache_uses(ctx.inventory) if cache is not None else []
+    if cache is not None:
+        with timeline.step("Cache"):
+            expected = forecast(cache, uses)
+            report_forecast(expected, reporter)
+            if options.show_cache:
+                show_cache(cache, reporter)
+    if options.check or options.show_cache:
+        reporter.info("check passed: nothing was downloaded or written")
+        return
+    if cache is not None:
+        with timeline.step("Making room in the cache"):
+            for eviction in cache.evict(incoming=expected.incoming, protected=expected.protected):
+                reporter.info(f"evicted {describe(eviction)}")
+    build(ctx)
+    if cache is not None:
+        with timeline.step("Tidying the cache"):
+            for eviction in cache.evict(protected=[use.key for use in uses]):
+                reporter.info(f"evicted {describe(eviction)}")
 
 
 def check_output_path(ctx: Context) -> None:

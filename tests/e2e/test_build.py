@@ -13,12 +13,14 @@ import lzma
 import subprocess
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
 from image_creator.cli import main
 from image_creator.demo import DEFAULT_BOOT_FILES, DEFAULT_DATA_FILES, make_base_image
 from image_creator.fetch.oci import export_filename
+from image_creator.report import SCHEMA_PATH
 from image_creator.system.partitions import read_partition_table
 from image_creator.ui.base import NullReporter
 from tests.support.archives import tar_bytes, zip_bytes
@@ -115,7 +117,9 @@ def test_full_build(
     output = tmp_path / "out" / "offspot.img"
     output.parent.mkdir()
 
-    assert main([str(config_path), str(output)], reporter=NullReporter()) == 0
+    report_path = tmp_path / "report.json"
+    argv = ["--report", str(report_path), str(config_path), str(output)]
+    assert main(argv, reporter=NullReporter()) == 0
 
     # the disk: exactly the requested size, p3 grown to the last sector, p1/p2 where they were
     assert output.stat().st_size == OUTPUT_SIZE
@@ -179,3 +183,38 @@ def test_full_build(
 
     # no leftovers next to the output
     assert sorted(path.name for path in output.parent.iterdir()) == ["offspot.img"]
+
+    # the report: valid against the shipped schema, and its figures are the image's
+    report = json.loads(report_path.read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    assert (report["mode"], report["result"], report["error"]) == ("build", "success", None)
+    assert report["config"]["sha256"] == sha(config_path.read_bytes())
+    assert report["output"] == {
+        "path": str(output),
+        "size": OUTPUT_SIZE,
+        "sha256": sha(output.read_bytes()),
+    }
+    assert report["base"]["checksum"] == "verified"
+    assert report["base"]["image_size"] == base_image.stat().st_size
+    assert report["sizes"]["output"] == OUTPUT_SIZE
+    by_destination = {item["to"]: item for item in report["files"]}
+    assert by_destination["/data/contents/zims/content.zim"]["bytes_written"] == len(ZIM)
+    assert by_destination["/data/contents/zims/content.zim"]["checksum"] == "verified"
+    assert by_destination["/data/contents/zims/checked.zim"]["checksum"] == "verified"
+    tree_size = sum(len(content) for content in TREE.values())
+    for via in archives:
+        assert by_destination[f"/data/contents/site-{via}"]["bytes_written"] == tree_size
+    assert by_destination["/data/conf/message.txt"]["source"] is None
+    for item, ref in zip(report["oci_images"], (hello, hello2), strict=True):
+        tar = tree / "images" / item["tar"]
+        assert item["ident"] == ref
+        assert item["size"] == tar.stat().st_size
+        assert item["architecture"] == "arm64"
+        pushed = registry_env[ref.split("/", 1)[1]].image_for("linux/arm64/v8")
+        assert item["manifest_digest"] == pushed.manifest_digest
+    assert [step["name"] for step in report["steps"]][:4] == [
+        "Reading config",
+        "Checking host",
+        "Checking sources",
+        "Computing sizes",
+    ]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import hashlib
 import logging
 import os
 import posixpath
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -55,6 +56,7 @@ DIGEST_LENGTHS = {
 class LoadedConfig:
     config: Config
     warnings: tuple[str, ...] = ()
+    sha256: str = ""  # of the config text as read
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -408,13 +410,14 @@ def load_config(source: str, *, read_url: Callable[[str], str]) -> LoadedConfig:
     """Read CONFIG_SRC (a path or an http(s) URL) and parse it."""
     if urlsplit(source).scheme.lower() in REMOTE_SCHEMES:
         text = read_url(source)
-        return parse_config(parse_yaml(text, source), label=source, base_dir=Path.cwd())
-    path = Path(source).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([f"{source}: cannot read config: {reason}"]) from exc
-    return parse_config(
-        parse_yaml(text, str(source)), label=str(source), base_dir=path.resolve().parent
-    )
+        base_dir = Path.cwd()
+    else:
+        path = Path(source).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError([f"{source}: cannot read config: {reason}"]) from exc
+        base_dir = path.resolve().parent
+    loaded = parse_config(parse_yaml(text, source), label=source, base_dir=base_dir)
+    return replace(loaded, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())

@@ -4,6 +4,7 @@ written sparse so that its empty space costs no disk."""
 from __future__ import annotations
 
 import lzma
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -17,6 +18,12 @@ CHUNK = 1024 * 1024
 # Runs of zeros this long (and aligned) become holes in the output file.
 HOLE_BLOCK = 64 * 1024
 _ZEROS = bytes(HOLE_BLOCK)
+
+
+@dataclass(frozen=True)
+class FetchedBase:
+    image_size: int
+    from_cache: bool
 
 
 class SparseWriter:
@@ -53,8 +60,8 @@ class SparseWriter:
 
 def fetch_base_image(
     source: BaseSource, target: Path, downloads: Downloads, *, on_progress: ProgressCallback
-) -> int:
-    """Write the (decompressed) base image to ``target``; returns its size in bytes."""
+) -> FetchedBase:
+    """Write the (decompressed) base image to ``target``."""
     base = source.image
     hashers: list[Hasher] = []
     expected = None
@@ -78,7 +85,8 @@ def fetch_base_image(
         if base.checksum is not None and expected is not None:
             verify_digest(hashers[0], expected, source=base.url)
             fetched.verified(base.checksum.algo.value, expected)
-    return size
+        from_cache = fetched.from_cache
+    return FetchedBase(image_size=size, from_cache=from_cache)
 
 
 def _decompress_xz(reader: HashingReader, writer: SparseWriter, *, label: str) -> None:

@@ -10,6 +10,7 @@ is already known is copied by the kernel.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from image_creator.cache.downloads import Downloads, Fetched, copy_file
@@ -23,6 +24,12 @@ from image_creator.ui.base import Reporter
 CHUNK = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class PlacedFile:
+    bytes_written: int
+    from_cache: bool
+
+
 def place_file(
     source: FileSource,
     root: Path,
@@ -30,12 +37,12 @@ def place_file(
     *,
     downloads: Downloads,
     reporter: Reporter,
-) -> int:
-    """Put one config file entry in place under ``root``; returns the bytes it occupies."""
+) -> PlacedFile:
+    """Put one config file entry in place under ``root``."""
     entry = source.entry
     target = destination(root, entry.relative_to_data)
     if entry.content is not None:
-        return _write_content(entry, entry.content, target)
+        return PlacedFile(_write_content(entry, entry.content, target), from_cache=False)
     assert entry.url is not None  # the loader guarantees a url or a content
     url = entry.url
     expected = expected_digest(entry.checksum) if entry.checksum is not None else None
@@ -47,7 +54,7 @@ def place_file(
             assert fetched.cached_path is not None
             with staged(target) as staging:
                 copy_file(fetched.cached_path, staging)
-            return staging_size(target)
+            return PlacedFile(target.stat().st_size, from_cache=True)
         hashers: list[Hasher] = []
         if entry.checksum is not None:
             hashers.append(new_hasher(entry.checksum.algo.value))
@@ -62,14 +69,15 @@ def place_file(
             with staged(target) as staging:
                 written = _copy(reader, staging)
                 verify()
-            return written
+            return PlacedFile(written, fetched.from_cache)
         if entry.via is Via.ZIP:
             spool = target.with_name(f".{target.name}.zip-spool")
             try:
                 _copy(reader, spool)
                 verify()
                 with staged(target, directory=True) as staging:
-                    return extract_zip(spool, staging, max_bytes=entry.size, source=url)
+                    written = extract_zip(spool, staging, max_bytes=entry.size, source=url)
+                return PlacedFile(written, fetched.from_cache)
             finally:
                 spool.unlink(missing_ok=True)
         with staged(target, directory=True) as staging:
@@ -81,7 +89,7 @@ def place_file(
                 source=url,
             )
             verify()
-        return written
+        return PlacedFile(written, fetched.from_cache)
 
 
 def _known_good(fetched: Fetched, checksum: Checksum | None, expected: str | None) -> bool:
@@ -91,10 +99,6 @@ def _known_good(fetched: Fetched, checksum: Checksum | None, expected: str | Non
     if checksum is None:
         return True
     return fetched.known_digests.get(checksum.algo.value) == expected
-
-
-def staging_size(path: Path) -> int:
-    return path.stat().st_size
 
 
 def _write_content(entry: FileEntry, content: bytes, target: Path) -> int:

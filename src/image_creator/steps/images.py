@@ -7,6 +7,7 @@ versioned by the platform manifest's digest) when the policy allows it.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from image_creator.cache.downloads import Downloads, copy_file
@@ -21,6 +22,14 @@ IMAGES_FOLDER = PurePosixPath("images")
 CHUNK = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class PlacedImage:
+    tar_name: str
+    size: int
+    architecture: str
+    from_cache: bool
+
+
 def image_cache_key(ident: str) -> str:
     return f"{ident}|{OCI_PLATFORM}"
 
@@ -33,7 +42,7 @@ def place_image(
     build_dir: Path,
     downloads: Downloads,
     reporter: Reporter,
-) -> ExportedImage:
+) -> PlacedImage:
     """The image's docker-load tar at /data/images/NAME.tar, verified layer by layer."""
     image = source.image
     target = destination(root, IMAGES_FOLDER / oci.export_filename(image.ident))
@@ -43,12 +52,14 @@ def place_image(
             with (
                 reporter.progress(image.ident, source.filesize) as advance,
                 downloads.open(image.url, remote=source.remote, on_progress=advance) as fetched,
-                staging.open("wb") as file,
             ):
                 reader = CancellableReader(fetched.stream, cancelled)
-                while chunk := reader.read(CHUNK):
-                    file.write(chunk)
-                return oci.verify_export(staging, label=label)
+                with staging.open("wb") as file:
+                    while chunk := reader.read(CHUNK):
+                        file.write(chunk)
+                # verified before the cache keeps it
+                exported = oci.verify_export(staging, label=label)
+            return _placed(target, exported, fetched.from_cache)
         with downloads.image_tar(
             image.ident,
             image_cache_key(image.ident),
@@ -57,9 +68,18 @@ def place_image(
         ) as slot:
             if slot.cached_path is not None:
                 copy_file(slot.cached_path, staging)
-                return oci.verify_export(staging, label=label)
+                return _placed(target, oci.verify_export(staging, label=label), from_cache=True)
             with reporter.progress(f"pulling {image.ident}", None):
                 oci.export_image(image.ident, staging, build_dir=build_dir)
             exported = oci.verify_export(staging, label=label)
             slot.keep(staging)
-            return exported
+            return _placed(target, exported, from_cache=False)
+
+
+def _placed(target: Path, exported: ExportedImage, from_cache: bool) -> PlacedImage:
+    return PlacedImage(
+        tar_name=target.name,
+        size=exported.size,
+        architecture=exported.architecture,
+        from_cache=from_cache,
+    )
