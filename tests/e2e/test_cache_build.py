@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +22,12 @@ from image_creator.ui.base import NullReporter
 from tests.support.archives import tar_bytes
 from tests.support.httpserver import HttpServer
 from tests.support.image_files import BuiltImage, tree_digests
+from tests.support.leaks import clean_leftovers, find_leftovers
 from tests.support.registry import Registry
 from tests.support.requirements import require_root, require_tools
 
 pytestmark = pytest.mark.root
+IMAGE_CREATOR = Path(sys.executable).parent / "image-creator"
 
 ZIM = b"ZIM\x04" + bytes(range(256)) * 2000
 TREE = {"index.html": b"<p>cached</p>\n", "a/b.txt": b"b" * 3000}
@@ -153,3 +159,88 @@ def test_changed_source_is_refreshed_after_check_after(
     assert index == hashlib.sha256(expected).hexdigest()
     store = CacheStore(cache, load_policy(cache))
     assert store.lookup(EntryKind.FILES, site) is not None
+
+
+def _full_gets(server: HttpServer) -> list[str]:
+    """Paths fetched whole (ranged reads of a partition table are not downloads)."""
+    return sorted(record.path for record in server.content_gets() if record.range is None)
+
+
+def test_four_concurrent_builds_share_one_cache(
+    served: HttpServer, registry_env: Registry, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    image_ref = registry_env["test/hello:2.0"].ref
+    config = write_config(tmp_path / "config.yaml", served, [image_ref])
+    served.fault("/zim/wiki_2024-01.zim", slow=200_000)  # long enough for the others to queue
+    outputs = [tmp_path / f"build{index}" / "out.img" for index in range(4)]
+    processes = []
+    for output in outputs:
+        output.parent.mkdir()
+        processes.append(
+            subprocess.Popen(
+                [str(IMAGE_CREATOR), "--cache-dir", str(cache), str(config), str(output)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    try:
+        results = [process.communicate(timeout=300) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    for process, (log, _) in zip(processes, results, strict=True):
+        assert process.returncode == 0, log
+    for output in outputs:
+        assert not find_leftovers(output).mounts
+    assert _full_gets(served) == ["/base.img.xz", "/site.tar.gz", "/zim/wiki_2024-01.zim"]
+    store = CacheStore(cache, load_policy(cache))
+    entries = store.entries()
+    assert len(entries) == 4
+    assert {entry.use_count for entry in entries} == {4}
+    for entry in entries:
+        content = cache / "entries" / entry.ident
+        assert content.stat().st_size == entry.size
+    assert list((cache / "tmp").iterdir()) == []
+    digests = [
+        data_digests(output, tmp_path / f"dump{index}") for index, output in enumerate(outputs)
+    ]
+    assert all(digest == digests[0] for digest in digests)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGKILL])
+def test_build_killed_while_downloading_adds_no_entry(
+    served: HttpServer, tmp_path: Path, signal_number: int
+) -> None:
+    cache = tmp_path / "cache"
+    config = write_config(tmp_path / "config.yaml", served, [])
+    served.fault("/zim/wiki_2024-01.zim", slow=20_000)  # about 25 seconds for the whole file
+    output = tmp_path / "out" / "killed.img"
+    output.parent.mkdir()
+    process = subprocess.Popen(
+        [str(IMAGE_CREATOR), "--cache-dir", str(cache), str(config), str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(path.stat().st_size > 0 for path in (cache / "tmp").glob("*")):
+            assert process.poll() is None, "the build ended before downloading"
+            assert time.monotonic() < deadline, "the download never started"
+            time.sleep(0.05)
+        process.send_signal(signal_number)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+        clean_leftovers(output)  # SIGKILL leaves the mount and the loop device behind
+    store = CacheStore(cache, load_policy(cache))
+    assert served.url("/zim/wiki_2024-01.zim") not in {entry.source for entry in store.entries()}
+    if signal_number == signal.SIGTERM:
+        assert process.returncode == 130
+        assert list((cache / "tmp").iterdir()) == []
+    # the next build does not take the leftover for an entry, downloads it, and tidies tmp/
+    served.clear_faults()
+    assert build(config, tmp_path / "next.img", cache) == 0
+    assert served.url("/zim/wiki_2024-01.zim") in {entry.source for entry in store.entries()}
+    assert list((cache / "tmp").iterdir()) == []

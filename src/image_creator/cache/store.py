@@ -204,11 +204,15 @@ class CacheStore:
         return entry
 
     def _touch(self, entry: Entry, version: str) -> Entry:
-        now = self.clock()
-        updated = entry.used(now)
-        if version and version == entry.version:
-            updated = replace(updated, checked=now)
-        self._write_meta(updated)
+        """Count a use. Readers share the entry's lock, so the metadata's read-modify-write
+        takes a lock of its own: concurrent builds must not lose each other's counts."""
+        with self._locked(f"{entry.ident}.meta", fcntl.LOCK_EX):
+            current = self.lookup(entry.kind, entry.key) or entry
+            now = self.clock()
+            updated = current.used(now)
+            if version and version == current.version:
+                updated = replace(updated, checked=now)
+            self._write_meta(updated)
         return updated
 
     @contextlib.contextmanager
