@@ -19,7 +19,7 @@ from image_creator.cache.store import CacheStore
 from image_creator.cli import main
 from image_creator.demo import make_base_image
 from image_creator.ui.base import NullReporter
-from tests.support.archives import tar_bytes
+from tests.support.archives import tar_bytes, zip_bytes
 from tests.support.httpserver import HttpServer
 from tests.support.image_files import BuiltImage, tree_digests
 from tests.support.leaks import clean_leftovers, find_leftovers
@@ -42,6 +42,7 @@ def served(http_server: HttpServer, tmp_path: Path) -> HttpServer:
     http_server.add("/base.img.xz", base.with_name("base.img.xz").read_bytes())
     http_server.add("/zim/wiki_2024-01.zim", ZIM)
     http_server.add("/site.tar.gz", tar_bytes(TREE, "gz"))
+    http_server.add("/site.zip", zip_bytes(TREE))
     return http_server
 
 
@@ -60,6 +61,15 @@ def write_config(path: Path, server: HttpServer, images: list[str]) -> Path:
                 "to": "/data/contents/site",
                 "via": "gztar",
                 "size": 100_000,
+            },
+            {
+                "url": server.url("/site.zip"),
+                "to": "/data/contents/site-zip",
+                "via": "zip",
+                "checksum": {
+                    "algo": "md5",
+                    "value": hashlib.md5(zip_bytes(TREE)).hexdigest(),
+                },
             },
         ],
     }
@@ -90,6 +100,7 @@ def test_second_build_downloads_nothing(
         "/base.img.xz",
         "/zim/wiki_2024-01.zim",
         "/site.tar.gz",
+        "/site.zip",
     }
     assert (cache / "policy.yaml").is_file()
     store = CacheStore(cache, load_policy(cache))
@@ -98,6 +109,7 @@ def test_second_build_downloads_nothing(
         served.url("/base.img.xz"),
         served.url("/zim/wiki_2024-01.zim"),
         served.url("/site.tar.gz"),
+        served.url("/site.zip"),
         image_ref,
     }
     assert entries[image_ref].kind is EntryKind.OCI_IMAGES
@@ -109,9 +121,9 @@ def test_second_build_downloads_nothing(
     served.clear_log()
     assert build(config, tmp_path / "second.img", cache) == 0
     assert served.content_gets() == []
-    assert data_digests(tmp_path / "first.img", tmp_path / "d1") == data_digests(
-        tmp_path / "second.img", tmp_path / "d2"
-    )
+    first = data_digests(tmp_path / "first.img", tmp_path / "d1")
+    assert first == data_digests(tmp_path / "second.img", tmp_path / "d2")
+    assert first["contents/site-zip/a/b.txt"] == hashlib.sha256(TREE["a/b.txt"]).hexdigest()
     used = {entry.source: entry.use_count for entry in store.entries()}
     assert set(used.values()) == {2}
 
@@ -194,10 +206,15 @@ def test_four_concurrent_builds_share_one_cache(
         assert process.returncode == 0, log
     for output in outputs:
         assert not find_leftovers(output).mounts
-    assert _full_gets(served) == ["/base.img.xz", "/site.tar.gz", "/zim/wiki_2024-01.zim"]
+    assert _full_gets(served) == [
+        "/base.img.xz",
+        "/site.tar.gz",
+        "/site.zip",
+        "/zim/wiki_2024-01.zim",
+    ]
     store = CacheStore(cache, load_policy(cache))
     entries = store.entries()
-    assert len(entries) == 4
+    assert len(entries) == 5
     assert {entry.use_count for entry in entries} == {4}
     for entry in entries:
         content = cache / "entries" / entry.ident

@@ -71,15 +71,21 @@ def place_file(
                 verify()
             return PlacedFile(written, fetched.from_cache)
         if entry.via is Via.ZIP:
-            spool = target.with_name(f".{target.name}.zip-spool")
+            # zip needs random access: a cached copy is used in place, a download is spooled
+            archive = fetched.cached_path or target.with_name(f".{target.name}.zip-spool")
             try:
-                _copy(reader, spool)
-                verify()
+                if fetched.cached_path is None:
+                    _copy(reader, archive)
+                    verify()
+                elif not _known_good(fetched, entry.checksum, expected):
+                    _drain(reader)
+                    verify()
                 with staged(target, directory=True) as staging:
-                    written = extract_zip(spool, staging, max_bytes=entry.size, source=url)
+                    written = extract_zip(archive, staging, max_bytes=entry.size, source=url)
                 return PlacedFile(written, fetched.from_cache)
             finally:
-                spool.unlink(missing_ok=True)
+                if fetched.cached_path is None:
+                    archive.unlink(missing_ok=True)
         with staged(target, directory=True) as staging:
             written = extract_tar_stream(
                 reader,
@@ -109,6 +115,11 @@ def _write_content(entry: FileEntry, content: bytes, target: Path) -> int:
             hasher.update(content)
             verify_digest(hasher, expected_digest(entry.checksum), source=str(entry.to))
     return len(content)
+
+
+def _drain(reader: Readable) -> None:
+    while reader.read(CHUNK):
+        pass
 
 
 def _copy(reader: Readable, path: Path) -> int:
