@@ -845,6 +845,57 @@ def test_server_refusing_head_is_sized_with_a_one_byte_range(
     assert_no_content_downloaded(served.server)
 
 
+NOT_AN_IMAGE = random.Random(5).randbytes(4096)
+
+
+def test_base_image_without_a_partition_table_needs_root_size(
+    http_server: HttpServer, planned: Planned, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = http_server.add("/base/blank.img", NOT_AN_IMAGE)
+    outcome = run_main(["--check", str(write_config(tmp_path, {"base": url}))], capsys)
+    outcome.assert_clean_failure(4)
+    [line] = outcome.errors
+    assert url in line
+    assert "base.root_size" in line
+
+    document = {"base": {"source": url, "root_size": "100MiB"}}
+    outcome = run_main(["--check", str(write_config(tmp_path, document))], capsys)
+    assert outcome.code == 0, outcome.stderr
+    [plan] = planned.plans
+    assert (plan.before_data, plan.existing_data) == (100 * MIB, 0)
+    assert plan.output == 100 * MIB + 32 * MIB  # the fixed ext4 allowance, already aligned
+
+
+def test_base_image_that_is_not_xz(
+    http_server: HttpServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = http_server.add("/base/broken.img.xz", NOT_AN_IMAGE)
+    outcome = run_main(["--check", str(write_config(tmp_path, {"base": url}))], capsys)
+    outcome.assert_clean_failure(4)
+    [line] = outcome.errors
+    assert url in line
+    assert "not a valid .xz file" in line
+
+
+def test_missing_local_file(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gone = tmp_path / "gone.zim"
+    document = {
+        "base": served.base_url,
+        "files": [
+            {"url": gone.as_uri(), "to": "/data/a.zim"},
+            {"url": "gone.tar", "to": "/data/b", "via": "tar"},  # relative to the config
+        ],
+    }
+    outcome = run_main(["--check", str(write_config(tmp_path, document))], capsys)
+    outcome.assert_clean_failure(4)
+    assert outcome.errors == [
+        f"error: {gone.as_uri()}: no such file",
+        f"error: {(tmp_path / 'gone.tar').as_uri()}: no such file",
+    ]
+
+
 def test_build_refuses_an_existing_output_before_touching_anything(
     served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
