@@ -17,6 +17,7 @@ from docker_export import (
     get_export_filename,
     get_image_digest,
 )
+
 from tests.support.oci_layout import AMD64, ARM64
 from tests.support.registry import ImageSpec, Registry
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.requirements import require_root, require_tools
 
 from image_creator.errors import BuildError
 from image_creator.system import loop
@@ -20,6 +19,7 @@ from image_creator.system.loop import attached_loop_devices, attached_partition
 from image_creator.system.mount import is_mounted, mounted, mounts_below, unmount
 from image_creator.system.partitions import data_partition, read_partition_table
 from image_creator.system.run import run
+from tests.support.requirements import require_root, require_tools
 
 pytestmark = pytest.mark.root
 

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from tests.support.requirements import require_tools
 
 from image_creator.config.loader import load_config
 from image_creator.demo import (
@@ -30,6 +29,7 @@ from image_creator.demo import (
     read_layout,
 )
 from image_creator.system.run import run
+from tests.support.requirements import require_tools
 
 TOOLS = ("sfdisk", "mkfs.vfat", "mcopy", "mtype", "mke2fs", "debugfs", "e2fsck", "xz")
 

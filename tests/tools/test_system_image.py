@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from tests.support.requirements import require_tools
 
 from image_creator.errors import BuildError, CommandError, SourceError
 from image_creator.system.ext4 import check_filesystem, filesystem_size
@@ -23,6 +22,7 @@ from image_creator.system.partitions import (
     read_partition_table,
 )
 from image_creator.system.run import run
+from tests.support.requirements import require_tools
 
 MIB = 1024 * 1024
 PART_SIZE = 8 * MIB

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
+
 from tests.support.httpserver import HttpServer, parse_range
 
 CONTENT = bytes(range(256)) * 40  # 10240 bytes, every offset recognizable
