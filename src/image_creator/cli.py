@@ -40,8 +40,16 @@ def _concurrency(value: str) -> int:
     return int(value)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad option; here 2 means a host problem, so options get 3."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(int(ExitCode.INVALID_CONFIG), f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="image-creator",
         description="Create an Offspot image from a config file",
         epilog=EPILOG,

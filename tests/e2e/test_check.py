@@ -745,11 +745,6 @@ def test_unparseable_max_size_option(
     assert outcome.code != 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="argparse exits 2 (documented as 'host lacks something') for an invalid option; "
-    "README: 3 is 'invalid config, option or OUTPUT path'",
-)
 def test_invalid_option_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = write_config(tmp_path, {"base": "base.img"})
     for argv in (

@@ -15,6 +15,7 @@ import hashlib
 import io
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -124,7 +125,7 @@ class HttpServer:
         self._resources: dict[str, _Resource] = {}
         self._faults: dict[str, Fault] = {}
         self._log: list[RequestRecord] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -337,6 +338,17 @@ def _make_handler(server: HttpServer) -> type[BaseHTTPRequestHandler]:
         owner = server
 
     return Handler
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client closing its connection mid-answer is normal (an aborted download, a
+        # kept-alive connection dropped); anything else still gets its traceback.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
 
 
 class _Handler(BaseHTTPRequestHandler):

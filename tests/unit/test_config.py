@@ -201,6 +201,11 @@ def test_destinations_are_normalised() -> None:
             "files[1].to: /data/x is already the destination of files[0]",
         ),
         ("base: 1.2.1\nfiles:\n- to: /data/x\n", "files[0]: needs a url or a content"),
+        (
+            "base: 1.2.1\nfiles:\n- {to: /data/site, url: http://a/s.zip, via: zip}\n"
+            "- {to: /data/site/extra.txt, content: x}\n",
+            "files[1].to: /data/site/extra.txt overlaps /data/site of files[0]",
+        ),
         ("base: ftp://host/base.img\n", "base: unsupported URL scheme 'ftp'"),
         ("base: {source: 1.2.1, root_size: many}\n", "base.root_size: expected a size"),
         ("base: 1.2\n", "base: version 1.2 must be a full release number"),
@@ -254,6 +259,12 @@ def test_load_config_reads_files_and_urls(tmp_path: Path) -> None:
     )
     remote = load_config("http://127.0.0.1:1/c.yaml", read_url=lambda url: "base: 1.2.1\n")
     assert remote.config.base.version == "1.2.1"
+    relative = load_config(
+        "http://127.0.0.1:1/configs/c.yaml",
+        read_url=lambda url: "base: images/base.img\nfiles:\n- {to: /data/a, url: /a.txt}\n",
+    )
+    assert relative.config.base.url == "http://127.0.0.1:1/configs/images/base.img"
+    assert relative.config.files[0].url == Path("/a.txt").as_uri()
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(str(tmp_path / "missing.yaml"), read_url=lambda url: "")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import yaml
 from docker_export import Image
@@ -104,6 +104,7 @@ class _Reader:
 
     label: str
     base_dir: Path
+    base_url: str | None = None  # a config read from a URL: relative sources are relative URLs
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -166,6 +167,8 @@ class _Reader:
         if scheme and len(scheme) > 1:  # one letter would be a Windows drive, not a scheme
             self.problem(path, f"unsupported URL scheme {scheme!r}: {text} (use http, https, file)")
             return None
+        if self.base_url is not None and not text.startswith(("/", "~")):
+            return urljoin(self.base_url, text)
         return (self.base_dir / Path(text).expanduser()).resolve().as_uri()
 
     def items(self, path: str, value: Any) -> list[Any]:
@@ -344,9 +347,14 @@ def _read_file(reader: _Reader, path: str, value: Any) -> FileEntry | None:
     return FileEntry(to=to, via=via, url=url, content=content, size=size, checksum=checksum)
 
 
-def parse_config(document: Any, *, label: str, base_dir: Path) -> LoadedConfig:
-    """A Config from a parsed YAML document, or a ConfigError listing every problem."""
-    reader = _Reader(label=label, base_dir=base_dir)
+def parse_config(
+    document: Any, *, label: str, base_dir: Path, base_url: str | None = None
+) -> LoadedConfig:
+    """A Config from a parsed YAML document, or a ConfigError listing every problem.
+
+    Relative paths in it are relative to ``base_dir``, or to ``base_url`` when given.
+    """
+    reader = _Reader(label=label, base_dir=base_dir, base_url=base_url)
     if not isinstance(document, Mapping):
         raise ConfigError([f"{label}: expected a mapping at the top, got {_kind(document)}"])
     reader.check_keys(
@@ -382,6 +390,21 @@ def parse_config(document: Any, *, label: str, base_dir: Path) -> LoadedConfig:
                 f"{entry.to} is already the destination of files[{seen_destinations[entry.to]}]",
             )
             continue
+        overlapping = next(
+            (
+                (other, other_index)
+                for other, other_index in seen_destinations.items()
+                if other in entry.to.parents or entry.to in other.parents
+            ),
+            None,
+        )
+        if overlapping is not None:
+            # entries are written concurrently: one inside another's folder would race with it
+            reader.problem(
+                f"files[{index}].to",
+                f"{entry.to} overlaps {overlapping[0]} of files[{overlapping[1]}]",
+            )
+            continue
         seen_destinations[entry.to] = index
         files.append(entry)
 
@@ -408,9 +431,10 @@ def parse_config(document: Any, *, label: str, base_dir: Path) -> LoadedConfig:
 
 def load_config(source: str, *, read_url: Callable[[str], str]) -> LoadedConfig:
     """Read CONFIG_SRC (a path or an http(s) URL) and parse it."""
+    base_url = None
     if urlsplit(source).scheme.lower() in REMOTE_SCHEMES:
         text = read_url(source)
-        base_dir = Path.cwd()
+        base_dir, base_url = Path.cwd(), source
     else:
         path = Path(source).expanduser()
         try:
@@ -419,5 +443,7 @@ def load_config(source: str, *, read_url: Callable[[str], str]) -> LoadedConfig:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise ConfigError([f"{source}: cannot read config: {reason}"]) from exc
         base_dir = path.resolve().parent
-    loaded = parse_config(parse_yaml(text, source), label=source, base_dir=base_dir)
+    loaded = parse_config(
+        parse_yaml(text, source), label=source, base_dir=base_dir, base_url=base_url
+    )
     return replace(loaded, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
