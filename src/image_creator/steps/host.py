@@ -8,7 +8,17 @@ from pathlib import Path
 from image_creator.errors import HostError
 from image_creator.system.run import missing_tools
 
-BUILD_TOOLS = ("losetup", "sfdisk", "e2fsck", "resize2fs", "mount", "umount", "mcopy", "sync")
+BUILD_TOOLS = (
+    "losetup",
+    "sfdisk",
+    "e2fsck",
+    "resize2fs",
+    "tune2fs",
+    "dumpe2fs",
+    "mount",
+    "umount",
+    "mcopy",
+)
 
 
 def host_problems() -> list[str]:

@@ -25,6 +25,8 @@ DEBIAN_PACKAGES: Mapping[str, str] = {
     "resize2fs": "e2fsprogs",
     "mke2fs": "e2fsprogs",
     "dumpe2fs": "e2fsprogs",
+    "tune2fs": "e2fsprogs",
+    "debugfs": "e2fsprogs",
     "mcopy": "mtools",
     "mdir": "mtools",
     "mmd": "mtools",
