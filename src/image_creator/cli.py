@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import NoReturn
 
 from image_creator.__about__ import __version__
 from image_creator.config.units import UnitError, parse_size
-from image_creator.errors import ExitCode, ImageCreatorError, Interrupted, exit_code_for
+from image_creator.errors import ExitCode, ImageCreatorError, exit_code_for
 from image_creator.options import DEFAULT_CONCURRENCY, Options
 from image_creator.pipeline import run
+from image_creator.system import signals
 from image_creator.ui.base import Reporter
 from image_creator.ui.console import ConsoleReporter
 
@@ -154,15 +153,11 @@ def _setup_logging(debug: bool) -> None:
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
-def _raise_interrupted(signum: int, _frame: FrameType | None) -> NoReturn:
-    raise Interrupted(f"interrupted by {signal.Signals(signum).name}")
-
-
 def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None) -> int:
     options = parse_options(argv)
     _setup_logging(options.debug)
     # SIGTERM unwinds like Ctrl-C so that every registered cleanup runs.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    restore_signals = signals.install()
     try:
         run(options, reporter or ConsoleReporter())
     except ImageCreatorError as exc:
@@ -183,5 +178,5 @@ def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None)
         print("hint: run again with --debug for the traceback, and report it", file=sys.stderr)
         return int(exit_code_for(exc))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        restore_signals()
     return int(ExitCode.OK)

@@ -865,12 +865,6 @@ def test_interrupt_while_downloading_a_file(
         assert_interrupted(running, signum, output, within=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ctrl-C waits for the 1 MiB read in progress: steps/placement.py CancellableReader "
-    "checks the cancel event only between reads, and fetch/http.py _HttpStream._next_chunk "
-    "reads CHUNK_SIZE (1 MiB) per raw.read, so on a 64 KiB/s link the build takes ~15 s to stop",
-)
 def test_interrupt_on_a_slow_link_is_prompt(
     served: HttpServer, output: Path, tmp_path: Path
 ) -> None:
@@ -1040,13 +1034,6 @@ def _slow_umount(folder: Path, marker: Path) -> Path:
     return folder
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a signal during cleanup aborts it: the data partition stays mounted in the build "
-    "folder and its loop device attached to the deleted partial image (system/mount.py "
-    "_unmount_after_error and system/loop.py _detach_after_error catch only BuildError/"
-    "CommandError; KeyboardInterrupt and Interrupted cut the cleanup short)",
-)
 @pytest.mark.parametrize("first", ["SIGINT", "failure"])
 def test_signal_during_cleanup(
     first: str, served: HttpServer, output: Path, tmp_path: Path

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from urllib.parse import urlsplit
 
 from image_creator.cache.entry import EntryKind
 from image_creator.cache.store import CacheStore, CacheWriter
+from image_creator.errors import Interrupted
 from image_creator.fetch import http
 from image_creator.fetch.archives import ReadableStream
 from image_creator.fetch.http import RemoteInfo
@@ -81,14 +84,17 @@ class Downloads:
         *,
         remote: RemoteInfo | None,
         on_progress: ProgressCallback = no_progress,
+        cancelled: threading.Event | None = None,
     ) -> Iterator[Fetched]:
         """Open ``url`` for one sequential read to its end.
 
         A new cache entry is committed only if the block reads the source to its end and
-        ends without an error (so after the caller verified its checksum).
+        ends without an error (so after the caller verified its checksum). When
+        ``cancelled`` is set, waits between retries end at once.
         """
+        sleep = _cancellable_sleep(cancelled)
         if self.cache is None or not is_cacheable_url(url):
-            with http.open_stream(url, on_progress=on_progress) as stream:
+            with http.open_stream(url, on_progress=on_progress, sleep=sleep) as stream:
                 yield Fetched(stream=stream)
             return
         size = remote.size if remote is not None else None
@@ -104,7 +110,7 @@ class Downloads:
                         known_digests=dict(slot.entry.digests),
                     )
                 return
-            with http.open_stream(url, on_progress=on_progress) as stream:
+            with http.open_stream(url, on_progress=on_progress, sleep=sleep) as stream:
                 if slot.writer is None:
                     yield Fetched(stream=stream)
                     return
@@ -143,6 +149,18 @@ class _WriterFile:
     def write(self, data: bytes) -> int:
         self._writer.write(data)
         return len(data)
+
+
+def _cancellable_sleep(cancelled: threading.Event | None) -> http.Sleep:
+    if cancelled is None:
+        return time.sleep
+    event = cancelled
+
+    def sleep(seconds: float) -> None:
+        if event.wait(seconds):
+            raise Interrupted("cancelled")
+
+    return sleep
 
 
 def copy_file(source: Path, target: Path) -> None:

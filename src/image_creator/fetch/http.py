@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = f"image-creator/{__version__}"
 CHUNK_SIZE = 1024 * 1024
+# One network read: small enough that a cancelled download stops within about a second even
+# on a slow link (a read blocks until it has this much or the stream ends).
+NETWORK_READ_SIZE = 64 * 1024
 # (connect, read) seconds; read is the longest silence tolerated between two packets
 DEFAULT_TIMEOUT: tuple[float, float] = (15.0, 60.0)
 DEFAULT_RETRIES = 5
@@ -712,7 +715,7 @@ class _HttpStream(RemoteStream):
                 self._connect()
                 continue
             try:
-                chunk: bytes = self._response.raw.read(CHUNK_SIZE, decode_content=False)
+                chunk: bytes = self._response.raw.read(NETWORK_READ_SIZE, decode_content=False)
             except _NETWORK_ERRORS as exc:
                 self._failed(f"connection lost ({_describe(exc)})")
                 continue

@@ -48,7 +48,9 @@ def place_file(
     expected = expected_digest(entry.checksum) if entry.checksum is not None else None
     with (
         reporter.progress(str(entry.to), source.download_size) as advance,
-        downloads.open(url, remote=source.remote, on_progress=advance) as fetched,
+        downloads.open(
+            url, remote=source.remote, on_progress=advance, cancelled=cancelled
+        ) as fetched,
     ):
         if entry.via is Via.DIRECT and _known_good(fetched, entry.checksum, expected):
             assert fetched.cached_path is not None

@@ -51,7 +51,9 @@ def place_image(
         if image.url is not None:
             with (
                 reporter.progress(image.ident, source.filesize) as advance,
-                downloads.open(image.url, remote=source.remote, on_progress=advance) as fetched,
+                downloads.open(
+                    image.url, remote=source.remote, on_progress=advance, cancelled=cancelled
+                ) as fetched,
             ):
                 reader = CancellableReader(fetched.stream, cancelled)
                 with staging.open("wb") as file:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from image_creator.options import Options
 from image_creator.system.mount import mounts_below
+from image_creator.system.signals import releasing
 from image_creator.ui.base import Reporter
 
 logger = logging.getLogger(__name__)
@@ -39,12 +40,12 @@ def partial_output(output: Path, *, keep: bool, reporter: Reporter) -> Iterator[
     try:
         yield partial
     except BaseException:
-        if not partial.exists():
-            raise
-        if keep:
-            reporter.warning(f"kept the partial image (-K): {partial}")
-        else:
-            partial.unlink()
+        with releasing():
+            if partial.exists():
+                if keep:
+                    reporter.warning(f"kept the partial image (-K): {partial}")
+                else:
+                    partial.unlink()
         raise
 
 
@@ -73,8 +74,9 @@ def temporary_directory(parent: Path, prefix: str) -> Iterator[Path]:
     try:
         yield directory
     finally:
-        still_mounted = mounts_below(directory)
-        if still_mounted:
-            logger.error("not removing %s: %s still mounted", directory, ", ".join(still_mounted))
-        else:
-            shutil.rmtree(directory, ignore_errors=True)
+        with releasing():
+            still_mounted = mounts_below(directory)
+            if still_mounted:
+                logger.error("not removing %s: %s mounted", directory, ", ".join(still_mounted))
+            else:
+                shutil.rmtree(directory, ignore_errors=True)

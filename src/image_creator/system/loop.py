@@ -10,6 +10,7 @@ from pathlib import Path
 from image_creator.errors import CommandError
 from image_creator.system.partitions import Partition
 from image_creator.system.run import run
+from image_creator.system.signals import releasing
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +45,18 @@ def attached_partition(image: Path, partition: Partition) -> Iterator[Path]:
         logger.debug("attached partition %d of %s as %s", partition.number, image, device)
         yield device
     except BaseException:
-        if device is None:
-            # Interrupted while losetup ran: it may have attached a device whose name we never
-            # read. Detach whatever now maps this range of the image and was not there before.
-            for stray in _devices_mapping(image, offset, size) - known:
-                _detach_after_error(Path(stray))
-        else:
-            _detach_after_error(device)
+        with releasing():
+            if device is None:
+                # Interrupted while losetup ran: it may have attached a device whose name we
+                # never read. Detach what now maps this range of the image and was not before.
+                for stray in _devices_mapping(image, offset, size) - known:
+                    _detach_after_error(Path(stray))
+            else:
+                _detach_after_error(device)
         raise
     else:
-        detach_loop_device(device)
+        with releasing():
+            detach_loop_device(device)
 
 
 def detach_loop_device(device: Path) -> None:

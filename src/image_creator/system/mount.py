@@ -12,6 +12,7 @@ from pathlib import Path
 
 from image_creator.errors import BuildError, CommandError
 from image_creator.system.run import run
+from image_creator.system.signals import releasing
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,14 @@ def mounted(device: Path, mountpoint: Path) -> Iterator[Path]:
         logger.debug("mounted %s on %s", device, mountpoint)
         yield mountpoint
     except BaseException:
-        # Interrupted while mount ran: the filesystem may be mounted without us knowing.
-        if mounted_here or is_mounted(mountpoint):
-            _unmount_after_error(mountpoint)
+        with releasing():
+            # Interrupted while mount ran: the filesystem may be mounted without us knowing.
+            if mounted_here or is_mounted(mountpoint):
+                _unmount_after_error(mountpoint)
         raise
     else:
-        unmount(mountpoint)
+        with releasing():
+            unmount(mountpoint)
 
 
 def unmount(

@@ -84,6 +84,9 @@ def run(
         text=True,
         env=full_env,
         check=False,
+        # Out of the terminal's process group: Ctrl-C reaches us alone, and we decide. A
+        # running command is killed when we stop, but an unmount during clean-up is not.
+        start_new_session=True,
     )
     if result.returncode not in set(ok_codes):
         raise CommandError(args, result.returncode, result.stderr, result.stdout)
