@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from image_creator.steps.sizes import SizePlan, plan_sizes
 from image_creator.steps.sources import Inventory
 from image_creator.ui.base import NullReporter, Reporter
 from image_creator.ui.console import ConsoleReporter
+from tests.support.archives import tar_bytes, zip_bytes
 from tests.support.httpserver import HttpServer, RequestRecord
 from tests.support.oci_layout import ARM64
 from tests.support.registry import PushedImage, Registry
@@ -93,26 +93,8 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> BaseImageFiles:
     return BaseImageFiles(layout=layout, xz=layout.xz_path, xz_sha256=digest)
 
 
-def _tar_gz(files: Mapping[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, content in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-    return gzip.compress(raw.getvalue(), mtime=0)
-
-
-def _zip(files: Mapping[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, content in files.items():
-            archive.writestr(name, content)
-    return buffer.getvalue()
-
-
-GZTAR = _tar_gz(ARCHIVE_FILES)
-ZIP = _zip(ARCHIVE_FILES)
+GZTAR = tar_bytes(ARCHIVE_FILES, "gz")
+ZIP = zip_bytes(ARCHIVE_FILES)
 
 
 @dataclass(frozen=True)

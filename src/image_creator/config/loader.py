@@ -34,6 +34,7 @@ from image_creator.config.model import (
 )
 from image_creator.config.units import UnitError, parse_size
 from image_creator.errors import ConfigError
+from image_creator.fetch.checksums import HEX_LENGTHS
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +42,6 @@ _E = TypeVar("_E", Via, ChecksumAlgo, ChecksumKind)
 REMOTE_SCHEMES = ("http", "https")
 URL_SCHEMES = (*REMOTE_SCHEMES, "file")
 VERSION_PATTERN = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
-DIGEST_LENGTHS = {
-    ChecksumAlgo.SHA1: 40,
-    ChecksumAlgo.SHA224: 56,
-    ChecksumAlgo.SHA256: 64,
-    ChecksumAlgo.SHA384: 96,
-    ChecksumAlgo.SHA512: 128,
-    ChecksumAlgo.MD5: 32,
-    ChecksumAlgo.ADLER32: 8,
-}
 
 
 @dataclass(frozen=True)
@@ -207,10 +199,10 @@ def _read_checksum(reader: _Reader, path: str, value: Any) -> Checksum | None:
         url = reader.source_url(f"{path}.value", text)
         return None if url is None else Checksum(algo=algo, value=url, kind=kind)
     digest = text.lower()
-    if len(digest) != DIGEST_LENGTHS[algo] or not re.fullmatch(r"[0-9a-f]+", digest):
+    if len(digest) != HEX_LENGTHS[algo.value] or not re.fullmatch(r"[0-9a-f]+", digest):
         reader.problem(
             f"{path}.value",
-            f"not a {algo.value} hex digest ({DIGEST_LENGTHS[algo]} hex digits): {text!r}",
+            f"not a {algo.value} hex digest ({HEX_LENGTHS[algo.value]} hex digits): {text!r}",
         )
         return None
     return Checksum(algo=algo, value=digest, kind=kind)
