@@ -47,7 +47,10 @@ def run(options: Options, reporter: Reporter) -> None:
 def _run(
     options: Options, reporter: Reporter, timeline: Timeline, record: Report, stack: ExitStack
 ) -> None:
-    cache = open_cache(options.cache_dir) if options.cache_dir is not None else None
+    looking_only = options.check or options.show_cache
+    cache = None
+    if options.cache_dir is not None:
+        cache = open_cache(options.cache_dir, read_only=looking_only)
     if cache is not None and options.show_cache and not options.config_src:
         show_cache(cache, reporter)
         return
@@ -68,7 +71,7 @@ def _run(
     check_output_path(ctx)
     with timeline.step("Checking host"):
         problems = host_problems()
-        if options.check or options.show_cache:
+        if looking_only:
             for problem in problems:
                 reporter.warning(f"a build here would fail: {problem}")
         else:
@@ -91,7 +94,7 @@ def _run(
             report_forecast(expected, reporter)
             if options.show_cache:
                 show_cache(cache, reporter)
-    if options.check or options.show_cache:
+    if looking_only:
         reporter.info("check passed: nothing was downloaded or written")
         return
     if cache is not None:

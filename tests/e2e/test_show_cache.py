@@ -95,3 +95,11 @@ def test_check_with_show_cache_forecasts_for_a_config(
     assert f"cache: would add {base_url}" in output
     assert snapshot(cache) == before
     assert http_server.content_gets("/cached.zim") == []
+
+
+def test_looking_creates_nothing(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    code, output = run(["--cache-dir", str(cache), "--show-cache"])
+    assert code == 0, output
+    assert "0 entries" in output
+    assert not cache.exists()

@@ -394,10 +394,13 @@ def default_policy() -> Policy:
     return parse_policy_text(DEFAULT_POLICY_YAML)
 
 
-def load_policy(cache_dir: Path) -> Policy:
-    """CACHE_DIR/policy.yaml, written with the default policy first when it does not exist."""
+def load_policy(cache_dir: Path, *, write_default: bool = True) -> Policy:
+    """CACHE_DIR/policy.yaml, written with the default policy first when it does not exist
+    (or, without ``write_default``, the default policy, writing nothing)."""
     path = cache_dir / POLICY_FILENAME
     label = str(path)
+    if not path.exists() and not write_default:
+        return default_policy()
     if not path.exists():
         try:
             _write_default(path)

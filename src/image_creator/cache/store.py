@@ -92,15 +92,19 @@ class Slot:
 
 
 class CacheStore:
-    def __init__(self, root: Path, policy: Policy, *, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, root: Path, policy: Policy, *, clock: Clock = utc_now, read_only: bool = False
+    ) -> None:
+        """``read_only``: for looking only (--check, --show-cache): creates nothing."""
         self.root = root
         self.policy = policy
         self.clock = clock
         self.entries_dir = root / "entries"
         self.tmp_dir = root / "tmp"
         self.locks_dir = root / "locks"
-        for folder in (self.entries_dir, self.tmp_dir, self.locks_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            for folder in (self.entries_dir, self.tmp_dir, self.locks_dir):
+                folder.mkdir(parents=True, exist_ok=True)
 
     # reading ------------------------------------------------------------------------------
 

@@ -17,10 +17,15 @@ from image_creator.steps.sources import Inventory
 from image_creator.ui.base import Reporter
 
 
-def open_cache(cache_dir: Path) -> CacheStore:
-    """The cache at ``cache_dir``; its policy is validated before anything is downloaded."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    return CacheStore(cache_dir, load_policy(cache_dir))
+def open_cache(cache_dir: Path, *, read_only: bool) -> CacheStore:
+    """The cache at ``cache_dir``; its policy is validated before anything is downloaded.
+
+    ``read_only`` (--check, --show-cache) looks without creating or writing anything.
+    """
+    if not read_only:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    policy = load_policy(cache_dir, write_default=not read_only)
+    return CacheStore(cache_dir, policy, read_only=read_only)
 
 
 @dataclass(frozen=True)
