@@ -121,11 +121,7 @@ def sizes_of_image(ident: str, *, workdir: Path) -> ImageSizes:
     target = workdir / filename
     print(f"Downloading {ident} using docker-export", file=sys.stderr)
     try:
-        # docker-export prints its download progress to stdout without progressbar2: keep
-        # stdout for the snippet alone
-        with contextlib.redirect_stdout(sys.stderr):
-            export_image(ident, target, build_dir=workdir / "build")
-        exported = verify_export(target, label=ident)
+        exported = export_image(ident, target, build_dir=workdir / "build")
     finally:
         target.unlink(missing_ok=True)  # images can be large: keep one at a time
     return ImageSizes(

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from docker_export import Image, Platform, RegistryAuth
 
 from image_creator.config.model import OCI_PLATFORM
 from image_creator.errors import SourceError
+from image_creator.ui.base import ProgressCallback, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -167,9 +169,30 @@ def inspect_image(ident: str) -> RemoteImage:
     )
 
 
-def export_image(ident: str, target: Path, *, build_dir: Path) -> None:
-    """Pull ``ident`` for linux/arm64/v8 into the docker-load tar ``target``, then verify it."""
+class _ReporterBar:
+    """Stands in for docker-export's own progress bar (which draws on the terminal whatever
+    the UI): layer downloads go to the progress callback of the pulling thread instead."""
+
+    def __init__(self, total: int | None = None) -> None:
+        self._advance: ProgressCallback = getattr(_pulling, "advance", no_progress)
+
+    def callback(self, bytes_amount: int) -> None:
+        self._advance(bytes_amount)
+
+    def finish(self) -> None:
+        pass
+
+
+_pulling = threading.local()
+
+
+def export_image(
+    ident: str, target: Path, *, build_dir: Path, on_progress: ProgressCallback = no_progress
+) -> ExportedImage:
+    """Pull ``ident`` for linux/arm64/v8 into the docker-load tar ``target``, verified."""
     image = parse_ident(ident)
+    docker_export.VisualProgressBar = _ReporterBar
+    _pulling.advance = on_progress
     try:
         # Check the platform first: docker-export's own error does not list alternatives.
         auth = RegistryAuth.init(image)
@@ -180,7 +203,9 @@ def export_image(ident: str, target: Path, *, build_dir: Path) -> None:
         raise
     except (requests.RequestException, OSError, ValueError, KeyError) as exc:
         raise SourceError(f"{ident}: export failed: {_describe(exc)}") from exc
-    verify_export(target, label=ident)
+    finally:
+        _pulling.advance = no_progress
+    return verify_export(target, label=ident)
 
 
 @dataclass(frozen=True)

@@ -71,9 +71,10 @@ def place_image(
             if slot.cached_path is not None:
                 copy_file(slot.cached_path, staging)
                 return _placed(target, oci.verify_export(staging, label=label), from_cache=True)
-            with reporter.progress(f"pulling {image.ident}", None):
-                oci.export_image(image.ident, staging, build_dir=build_dir)
-            exported = oci.verify_export(staging, label=label)
+            with reporter.progress(f"pulling {image.ident}", None) as advance:
+                exported = oci.export_image(
+                    image.ident, staging, build_dir=build_dir, on_progress=advance
+                )
             slot.keep(staging)
             return _placed(target, exported, from_cache=False)
 
