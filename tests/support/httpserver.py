@@ -63,6 +63,7 @@ class Fault:
     no_head: bool = False
     redirect: str | None = None
     redirect_status: int = 302
+    redirect_headers: tuple[tuple[str, str], ...] = ()
     times: int | None = None
 
 
@@ -241,6 +242,7 @@ class HttpServer:
         no_head: bool = False,
         redirect: str | None = None,
         redirect_status: int = 302,
+        redirect_headers: tuple[tuple[str, str], ...] = (),
         times: int | None = None,
     ) -> None:
         """Make ``path`` misbehave (replacing its previous fault).
@@ -252,6 +254,7 @@ class HttpServer:
         no_range: ignore Range and If-Range and answer 200 with the whole body.
         no_head: answer HEAD with 405.
         redirect: answer ``redirect_status`` with Location pointing at this other path.
+        redirect_headers: more headers on that redirect (a MirrorBrain ``Digest``, say).
         times: apply to that many requests only, then behave again (None: always).
         """
         new = Fault(
@@ -262,6 +265,7 @@ class HttpServer:
             no_head=no_head,
             redirect=redirect,
             redirect_status=redirect_status,
+            redirect_headers=redirect_headers,
             times=times,
         )
         with self._lock:
@@ -405,7 +409,10 @@ class _Handler(BaseHTTPRequestHandler):
             return _error_plan(HTTPStatus.METHOD_NOT_ALLOWED, (("Allow", "GET"),))
         if fault.redirect is not None:
             location = self.owner.url(fault.redirect)
-            return _error_plan(HTTPStatus(fault.redirect_status), (("Location", location),))
+            return _error_plan(
+                HTTPStatus(fault.redirect_status),
+                (("Location", location), *fault.redirect_headers),
+            )
         if fault.status is not None:
             return _error_plan(HTTPStatus(fault.status))
         if resource is None:

@@ -22,9 +22,12 @@ from image_creator.ui.base import ProgressCallback, no_progress
 
 
 def version_of(info: RemoteInfo | None) -> str:
-    """The remote's version marker: its ETag, else its size and Last-Modified, else ""."""
+    """The remote's version marker: its content digest (MirrorBrain), else its ETag, else its
+    size and Last-Modified, else "" (unknown: the entry is used as long as it verifies)."""
     if info is None:
         return ""
+    if info.digest:
+        return f"digest:{info.digest}"
     if info.etag:
         return f"etag:{info.etag}"
     if info.size is not None and info.last_modified is not None:

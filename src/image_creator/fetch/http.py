@@ -86,6 +86,9 @@ class RemoteInfo:
     etag: str | None
     last_modified: datetime | None
     accepts_ranges: bool
+    # RFC 3230 instance digest (``SHA-256=...``), as MirrorBrain puts on its redirects to
+    # mirrors: it names the content whichever mirror serves it
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,7 @@ def probe(
                     etag=head.headers.get("ETag"),
                     last_modified=_parse_date(head.headers.get("Last-Modified")),
                     accepts_ranges=head.headers.get("Accept-Ranges", "").lower() == "bytes",
+                    digest=_instance_digest(head),
                 )
             logger.debug("%s: HEAD answered %s without a length, trying GET", url, head.status_code)
         response = _get(
@@ -313,7 +317,22 @@ def probe(
                 etag=response.headers.get("ETag"),
                 last_modified=_parse_date(response.headers.get("Last-Modified")),
                 accepts_ranges=accepts_ranges,
+                digest=_instance_digest(response),
             )
+
+
+def _instance_digest(response: requests.Response) -> str | None:
+    """The ``Digest`` header of the answer or of a redirect leading to it, strongest first."""
+    found: dict[str, str] = {}
+    for step in (*response.history, response):
+        for part in step.headers.get("Digest", "").split(","):
+            algo, separator, value = part.strip().partition("=")
+            if separator and value:
+                found.setdefault(algo.strip().upper(), value.strip())
+    for algo in ("SHA-512", "SHA-256", "SHA", "MD5"):
+        if algo in found:
+            return f"{algo}={found[algo]}"
+    return None
 
 
 def _open_local(url: str, path: Path) -> io.BufferedReader:
