@@ -38,9 +38,6 @@ logger = logging.getLogger(__name__)
 
 USER_AGENT = f"image-creator/{__version__}"
 CHUNK_SIZE = 1024 * 1024
-# One network read: small enough that a cancelled download stops within about a second even
-# on a slow link (a read blocks until it has this much or the stream ends).
-NETWORK_READ_SIZE = 64 * 1024
 # (connect, read) seconds; read is the longest silence tolerated between two packets
 DEFAULT_TIMEOUT: tuple[float, float] = (15.0, 60.0)
 DEFAULT_RETRIES = 5
@@ -734,7 +731,9 @@ class _HttpStream(RemoteStream):
                 self._connect()
                 continue
             try:
-                chunk: bytes = self._response.raw.read(NETWORK_READ_SIZE, decode_content=False)
+                # read1: what has arrived, up to a chunk. A fast link fills whole chunks, and a
+                # slow one never blocks a read long, so a cancelled download stops promptly.
+                chunk: bytes = self._response.raw.read1(CHUNK_SIZE, decode_content=False)
             except _NETWORK_ERRORS as exc:
                 self._failed(f"connection lost ({_describe(exc)})")
                 continue

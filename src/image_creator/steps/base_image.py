@@ -4,6 +4,7 @@ written sparse so that its empty space costs no disk."""
 from __future__ import annotations
 
 import lzma
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,23 +38,30 @@ class SparseWriter:
     def write(self, data: bytes) -> None:
         buffer = self._pending + data if self._pending else data
         whole = len(buffer) - len(buffer) % HOLE_BLOCK
-        view = memoryview(buffer)
-        for start in range(0, whole, HOLE_BLOCK):
-            self._block(view[start : start + HOLE_BLOCK])
-        self._pending = bytes(view[whole:])
-
-    def _block(self, block: memoryview) -> None:
-        if block == _ZEROS[: len(block)]:
-            self._file.seek(len(block), 1)
-        else:
-            self._file.write(block)
-        self.position += len(block)
+        start = 0
+        while start < whole:
+            # a run of zero blocks is skipped, a run of data blocks written, each at once;
+            # bytes.startswith compares with memcmp (a memoryview comparison would not)
+            zero = buffer.startswith(_ZEROS, start)
+            end = start + HOLE_BLOCK
+            while end < whole and buffer.startswith(_ZEROS, end) is zero:
+                end += HOLE_BLOCK
+            if zero:
+                self._file.seek(end - start, os.SEEK_CUR)
+            else:
+                self._file.write(memoryview(buffer)[start:end])
+            self.position += end - start
+            start = end
+        self._pending = buffer[whole:]
 
     def close(self) -> int:
-        """Flush the tail and set the file's length (a trailing hole has no bytes written)."""
-        if self._pending:
-            self._block(memoryview(self._pending))
-            self._pending = b""
+        """Write the tail and set the file's length (a trailing hole has no bytes written)."""
+        if self._pending.strip(b"\0"):
+            self._file.write(self._pending)
+        else:
+            self._file.seek(len(self._pending), os.SEEK_CUR)
+        self.position += len(self._pending)
+        self._pending = b""
         self._file.truncate(self.position)
         return self.position
 
