@@ -6,7 +6,9 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from image_creator.errors import CommandError, HostError
@@ -58,6 +60,18 @@ def missing_tools(binaries: Iterable[str]) -> list[str]:
     ]
 
 
+def _prepare(
+    argv: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | None
+) -> tuple[list[str], dict[str, str]]:
+    args = [str(arg) for arg in argv]
+    binary = which(args[0])
+    if binary is None:
+        package = DEBIAN_PACKAGES.get(args[0], args[0])
+        raise HostError(f"missing tool: {args[0]}", hint=f"apt-get install {package}")
+    logger.debug("run: %s", " ".join(args))
+    return [binary, *args[1:]], {**os.environ, "LANG": "C", "LC_ALL": "C", **(env or {})}
+
+
 def run(
     argv: Sequence[str | os.PathLike[str]],
     *,
@@ -69,15 +83,9 @@ def run(
 
     Tools with several success codes say so: ``run(["e2fsck", ...], ok_codes=(0, 1, 2))``.
     """
-    args = [str(arg) for arg in argv]
-    binary = which(args[0])
-    if binary is None:
-        package = DEBIAN_PACKAGES.get(args[0], args[0])
-        raise HostError(f"missing tool: {args[0]}", hint=f"apt-get install {package}")
-    full_env = {**os.environ, "LANG": "C", "LC_ALL": "C", **(env or {})}
-    logger.debug("run: %s", " ".join(args))
+    command, full_env = _prepare(argv, env)
     result = subprocess.run(
-        [binary, *args[1:]],
+        command,
         input=input_text,
         stdin=None if input_text is not None else subprocess.DEVNULL,
         capture_output=True,
@@ -88,8 +96,45 @@ def run(
         # running command is killed when we stop, but an unmount during clean-up is not.
         start_new_session=True,
     )
+    args = [str(arg) for arg in argv]
     if result.returncode not in set(ok_codes):
         raise CommandError(args, result.returncode, result.stderr, result.stdout)
     if result.stderr.strip():
         logger.debug("stderr of %s: %s", args[0], result.stderr.strip())
     return result
+
+
+@contextmanager
+def piped(
+    argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A command as a filter: write to its stdin, read its stdout, in binary.
+
+    Its stderr goes to a temporary file, kept for the error. On leaving the block the command
+    must have exited 0 (CommandError otherwise); on an error or Ctrl-C it is killed.
+    """
+    command, full_env = _prepare(argv, env)
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=full_env,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+        finally:
+            for stream in (process.stdin, process.stdout):
+                if stream is not None and not stream.closed:
+                    stream.close()
+        returncode = process.wait()
+        if returncode != 0:
+            errors.seek(0)
+            stderr = errors.read().decode("utf-8", errors="replace")
+            raise CommandError([str(arg) for arg in argv], returncode, stderr)
