@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from image_creator.cache.downloads import Downloads
 from image_creator.config.model import Config
@@ -26,7 +25,6 @@ class Context:
     warnings: list[str] = field(default_factory=list)
     inventory: Inventory | None = None
     sizes: SizePlan | None = None
-    build_dir: Path | None = None
     downloads: Downloads = field(default_factory=Downloads)
 
     def require_inventory(self) -> Inventory:

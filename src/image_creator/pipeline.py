@@ -86,14 +86,17 @@ def _run(
         )
         record.sizes = ctx.sizes
         report_sizes(ctx)
-        check_free_space(ctx)
     uses = cache_uses(ctx.inventory) if cache is not None else []
+    cache_needs: dict[Path, int] = {}
     if cache is not None:
         with timeline.step("Cache"):
             expected = forecast(cache, uses)
             report_forecast(expected, reporter)
             if options.show_cache:
                 show_cache(cache, reporter)
+            cache_needs[cache.root] = sum(use.size for use in expected.incoming)
+    with timeline.step("Checking free space"):
+        check_free_space(ctx, also=cache_needs)
     if looking_only:
         reporter.info("check passed: nothing was downloaded or written")
         return
@@ -155,17 +158,19 @@ def report_sizes(ctx: Context) -> None:
     )
 
 
-def check_free_space(ctx: Context) -> None:
+def check_free_space(ctx: Context, *, also: dict[Path, int]) -> None:
+    """Room on every volume written to: the output's, the build folder's, the cache's
+    (``also``); paths on one volume add up. A shortage is named by its paths."""
     sizes = ctx.require_sizes()
     inventory = ctx.require_inventory()
-    needs: dict[Path, int] = {}
+    needs: dict[Path, int] = dict(also)
     if ctx.options.output is not None:
         # The image is sparse: what lands on disk is the base image plus the content.
         needs[ctx.options.output.absolute()] = sizes.base_image + sizes.content
     exports = sum(image.fullsize for image in inventory.images if image.image.url is None)
     if exports:
         needs[default_build_dir(ctx.options)] = exports
-    if ctx.options.check:
+    if ctx.options.check or ctx.options.show_cache:
         for shortage in space_shortages(needs):
             ctx.reporter.warning(f"a build here would fail: {shortage}")
     else:
