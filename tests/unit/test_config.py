@@ -158,7 +158,7 @@ def test_local_paths_become_file_urls_relative_to_the_config(tmp_path: Path) -> 
 def test_content_wins_over_url() -> None:
     loaded = parse("base: 1.2.1\nfiles:\n- to: /data/a\n  url: http://x/a\n  content: hi\n")
     entry = loaded.config.files[0]
-    assert (entry.content, entry.url, entry.is_download) == (b"hi", None, False)
+    assert (entry.content, entry.url) == (b"hi", None)
     assert loaded.warnings == (
         "cfg.yaml: files[0].url: ignored: content is given and wins over url",
     )

@@ -86,10 +86,6 @@ class Slot:
     writer: CacheWriter | None = None
     version: str = ""
 
-    @property
-    def hit(self) -> bool:
-        return self.path is not None
-
 
 class CacheStore:
     def __init__(
@@ -294,12 +290,6 @@ class CacheStore:
                     logger.debug("cache: %s in use, not evicted now", entry.source)
         self._sweep_temporary()
         return done
-
-    def remove_outdated(self, kind: EntryKind, key: str) -> None:
-        entry = self.lookup(kind, key)
-        if entry is not None:
-            with self._locked(entry.ident, fcntl.LOCK_EX):
-                self._remove(entry)
 
     @contextlib.contextmanager
     def _global_lock(self) -> Iterator[None]:

@@ -90,10 +90,6 @@ class FileEntry:
         """Where the entry lands on the data partition (``/data/x`` is ``x`` there)."""
         return self.to.relative_to(DATA_ROOT)
 
-    @property
-    def is_download(self) -> bool:
-        return self.content is None
-
 
 @dataclass(frozen=True)
 class Config:
