@@ -141,17 +141,8 @@ class ImageTarSlot:
         if self.writer is None:
             return
         with exported.open("rb") as source:
-            shutil.copyfileobj(source, _WriterFile(self.writer), length=1024 * 1024)
+            shutil.copyfileobj(source, self.writer, length=1024 * 1024)
         self.writer.complete = True
-
-
-class _WriterFile:
-    def __init__(self, writer: CacheWriter) -> None:
-        self._writer = writer
-
-    def write(self, data: bytes) -> int:
-        self._writer.write(data)
-        return len(data)
 
 
 def _cancellable_sleep(cancelled: threading.Event | None) -> http.Sleep:

@@ -66,10 +66,11 @@ class CacheWriter:
         self.complete = False  # set once the whole source went through
         self.digests: dict[str, str] = {}  # config checksums verified on this content
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         self._file.write(data)
         self._xxh3.update(data)
         self.size += len(data)
+        return len(data)
 
     @property
     def xxh3(self) -> str:
