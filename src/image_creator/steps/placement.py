@@ -62,10 +62,10 @@ def staged(target: Path, *, directory: bool = False) -> Iterator[Path]:
         raise
     if directory and target.is_dir() and not target.is_symlink():
         _merge_into(staging, target)
-    else:
-        if target.exists() and (target.is_dir() and not target.is_symlink()):
-            remove(target)
-        staging.replace(target)
+        return
+    if (target.exists() or target.is_symlink()) and (directory or target.is_dir()):
+        remove(target)  # a rename puts neither a folder over a file nor a file over a folder
+    staging.replace(target)
 
 
 def _merge_into(staging: Path, target: Path) -> None:
