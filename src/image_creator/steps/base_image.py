@@ -14,7 +14,7 @@ from typing import IO, BinaryIO
 from image_creator.cache.downloads import Downloads
 from image_creator.errors import CommandError, SourceError
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
-from image_creator.steps.sources import BaseSource, expected_digest
+from image_creator.steps.sources import BaseSource
 from image_creator.system.run import piped, which
 from image_creator.ui.base import ProgressCallback
 
@@ -75,9 +75,8 @@ def fetch_base_image(
     """Write the (decompressed) base image to ``target``."""
     base = source.image
     hashers: list[Hasher] = []
-    expected = None
+    expected = source.expected
     if base.checksum is not None:
-        expected = expected_digest(base.checksum)
         hashers.append(new_hasher(base.checksum.algo.value))
     with (
         downloads.open(base.url, remote=source.remote, on_progress=on_progress) as fetched,

@@ -18,7 +18,7 @@ from image_creator.config.model import Checksum, FileEntry, Via
 from image_creator.fetch.archives import extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
 from image_creator.steps.placement import CancellableReader, Readable, destination, staged
-from image_creator.steps.sources import FileSource, expected_digest
+from image_creator.steps.sources import FileSource
 from image_creator.ui.base import Reporter
 
 CHUNK = 1024 * 1024
@@ -42,10 +42,11 @@ def place_file(
     entry = source.entry
     target = destination(root, entry.relative_to_data)
     if entry.content is not None:
-        return PlacedFile(_write_content(entry, entry.content, target), from_cache=False)
+        written = _write_content(entry, entry.content, target, source.expected)
+        return PlacedFile(written, from_cache=False)
     assert entry.url is not None  # the loader guarantees a url or a content
     url = entry.url
-    expected = expected_digest(entry.checksum) if entry.checksum is not None else None
+    expected = source.expected
     with (
         reporter.progress(str(entry.to), source.download_size) as advance,
         downloads.open(
@@ -109,13 +110,13 @@ def _known_good(fetched: Fetched, checksum: Checksum | None, expected: str | Non
     return fetched.known_digests.get(checksum.algo.value) == expected
 
 
-def _write_content(entry: FileEntry, content: bytes, target: Path) -> int:
+def _write_content(entry: FileEntry, content: bytes, target: Path, expected: str | None) -> int:
     with staged(target) as staging:
         staging.write_bytes(content)
-        if entry.checksum is not None:
+        if entry.checksum is not None and expected is not None:
             hasher = new_hasher(entry.checksum.algo.value)
             hasher.update(content)
-            verify_digest(hasher, expected_digest(entry.checksum), source=str(entry.to))
+            verify_digest(hasher, expected, source=str(entry.to))
     return len(content)
 
 

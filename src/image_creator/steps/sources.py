@@ -44,6 +44,7 @@ class BaseSource:
     image: BaseImage
     remote: RemoteInfo
     table: PartitionTable | None
+    expected: str | None = None  # the checksum's digest (read once, even from its URL)
 
     @property
     def download_size(self) -> int | None:
@@ -65,6 +66,7 @@ class FileSource:
     entry: FileEntry
     remote: RemoteInfo | None  # None for content entries
     expanded_size: int  # bytes it occupies once written or extracted
+    expected: str | None = None  # the checksum's digest (read once, even from its URL)
 
     @property
     def download_size(self) -> int | None:
@@ -112,8 +114,7 @@ def inspect_sources(
 
 def inspect_base(base: BaseImage, cache: CacheStore | None = None) -> BaseSource:
     info = http.probe(base.url)
-    if base.checksum is not None:
-        expected_digest(base.checksum)
+    expected = expected_digest(base.checksum) if base.checksum is not None else None
     cached = None
     if cache is not None:
         cached = cache.peek(EntryKind.FILES, base.url, base.url, version=version_of(info))
@@ -129,7 +130,7 @@ def inspect_base(base: BaseImage, cache: CacheStore | None = None) -> BaseSource
             f"{base.url}: cannot read the base image's partition table; "
             "give base.root_size to size the image"
         )
-    return BaseSource(image=base, remote=info, table=table)
+    return BaseSource(image=base, remote=info, table=table, expected=expected)
 
 
 def _read_head(url: str, *, compressed: bool) -> bytes:
@@ -189,13 +190,14 @@ def inspect_oci_image(image: OciImage) -> ImageSource:
 
 
 def inspect_file(entry: FileEntry, label: str) -> FileSource:
+    expected = expected_digest(entry.checksum) if entry.checksum is not None else None
     if entry.content is not None:
-        return FileSource(entry=entry, remote=None, expanded_size=len(entry.content))
+        return FileSource(
+            entry=entry, remote=None, expanded_size=len(entry.content), expected=expected
+        )
     if entry.url is None:  # the loader guarantees a url or a content
         raise SourceError(f"{label}: neither url nor content")
     info = http.probe(entry.url)
-    if entry.checksum is not None:
-        expected_digest(entry.checksum)
     download_size = info.size
     if entry.size is None and download_size is None:
         raise SourceError(f"{entry.url}: the server gives no size; set {label}.size")
@@ -214,4 +216,4 @@ def inspect_file(entry: FileEntry, label: str) -> FileSource:
             )
         expanded = download_size if download_size is not None else entry.size
     assert expanded is not None  # one of both is known, checked above
-    return FileSource(entry=entry, remote=info, expanded_size=expanded)
+    return FileSource(entry=entry, remote=info, expanded_size=expanded, expected=expected)
