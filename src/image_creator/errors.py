@@ -90,14 +90,20 @@ class CommandError(BuildError):
         self.stderr = stderr
         self.stdout = stdout
         message = f"command failed (exit {returncode}): {' '.join(self.argv)}"
-        tail = _tail(stderr) or _tail(stdout)
+        tail = tail_lines(stderr) or tail_lines(stdout)
         if tail:
             message += f": {tail}"
         super().__init__(message)
 
 
-def _tail(text: str, lines: int = 5) -> str:
+def tail_lines(text: str, lines: int = 5) -> str:
+    """The last non-blank ``lines`` of a command's output, on one line."""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
+
+
+def os_reason(error: Exception) -> str:
+    """Why a file operation failed, without the errno and path around it."""
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
 class Interrupted(ImageCreatorError):

@@ -27,7 +27,7 @@ import humanfriendly
 from image_creator.cache.entry import EntryKind
 from image_creator.config.loader import parse_yaml
 from image_creator.config.units import UnitError, format_size, parse_duration, parse_size
-from image_creator.errors import ConfigError
+from image_creator.errors import ConfigError, os_reason
 
 _T = TypeVar("_T")
 _L = TypeVar("_L", int, timedelta)
@@ -406,17 +406,13 @@ def load_policy(cache_dir: Path, *, write_default: bool = True) -> Policy:
             _write_default(path)
         except OSError as exc:
             raise ConfigError(
-                [f"{label}: cannot write the default cache policy: {_reason(exc)}"]
+                [f"{label}: cannot write the default cache policy: {os_reason(exc)}"]
             ) from exc
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{label}: cannot read the cache policy: {_reason(exc)}"]) from exc
+        raise ConfigError([f"{label}: cannot read the cache policy: {os_reason(exc)}"]) from exc
     return parse_policy_text(text, label=label)
-
-
-def _reason(exc: Exception) -> str:
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def _write_default(path: Path) -> None:

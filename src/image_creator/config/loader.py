@@ -33,7 +33,7 @@ from image_creator.config.model import (
     Via,
 )
 from image_creator.config.units import UnitError, parse_size
-from image_creator.errors import ConfigError
+from image_creator.errors import ConfigError, os_reason
 from image_creator.fetch.checksums import HEX_LENGTHS
 
 logger = logging.getLogger(__name__)
@@ -432,8 +432,7 @@ def load_config(source: str, *, read_url: Callable[[str], str]) -> LoadedConfig:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise ConfigError([f"{source}: cannot read config: {reason}"]) from exc
+            raise ConfigError([f"{source}: cannot read config: {os_reason(exc)}"]) from exc
         base_dir = path.resolve().parent
     loaded = parse_config(
         parse_yaml(text, source), label=source, base_dir=base_dir, base_url=base_url

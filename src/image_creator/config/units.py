@@ -68,3 +68,8 @@ def parse_duration(value: object) -> timedelta:
 def format_size(size: int) -> str:
     """Human size with binary units, e.g. ``5.70 MiB``."""
     return str(humanfriendly.format_size(size, binary=True))
+
+
+def round_up(value: int, unit: int) -> int:
+    """``value`` rounded up to a whole number of ``unit``."""
+    return -(-value // unit) * unit

@@ -20,6 +20,7 @@ import requests
 from docker_export import Image, Platform, RegistryAuth
 
 from image_creator.config.model import OCI_PLATFORM
+from image_creator.config.units import round_up
 from image_creator.errors import SourceError
 from image_creator.ui.base import ProgressCallback, no_progress
 
@@ -51,17 +52,13 @@ class RemoteImage:
     @property
     def export_size(self) -> int:
         """Upper bound for the size of docker-export's tar of this image."""
-        padded = sum(_round_up(size, _TAR_BLOCK) + _TAR_BLOCK for size in self.layers_uncompressed)
+        padded = sum(round_up(size, _TAR_BLOCK) + _TAR_BLOCK for size in self.layers_uncompressed)
         return (
             padded
-            + _round_up(self.config_size, _TAR_BLOCK)
+            + round_up(self.config_size, _TAR_BLOCK)
             + _EXPORT_OVERHEAD_PER_LAYER * len(self.layers_uncompressed)
             + _EXPORT_OVERHEAD_FIXED
         )
-
-
-def _round_up(value: int, unit: int) -> int:
-    return -(-value // unit) * unit
 
 
 def platform() -> Platform:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from image_creator.cache.downloads import Downloads
-from image_creator.errors import CommandError, SourceError
+from image_creator.errors import CommandError, SourceError, tail_lines
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
 from image_creator.steps.sources import BaseSource
 from image_creator.system.run import piped, which
@@ -120,7 +120,8 @@ def _decompress_xz(reader: HashingReader, writer: SparseWriter, *, label: str) -
                 if not isinstance(failure, BrokenPipeError):  # xz stopped: its error says why
                     raise failure
     except CommandError as exc:
-        raise SourceError(f"{label}: corrupt .xz data: {_tail(exc.stderr)}") from exc
+        reason = tail_lines(exc.stderr, lines=1) or "xz failed"
+        raise SourceError(f"{label}: corrupt .xz data: {reason}") from exc
 
 
 def _feed(reader: HashingReader, sink: IO[bytes], failures: list[BaseException]) -> None:
@@ -133,11 +134,6 @@ def _feed(reader: HashingReader, sink: IO[bytes], failures: list[BaseException])
     finally:
         with contextlib.suppress(BrokenPipeError):
             sink.close()
-
-
-def _tail(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "xz failed"
 
 
 def _decompress_xz_here(reader: HashingReader, writer: SparseWriter, *, label: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_creator.config.units import format_size
+from image_creator.config.units import format_size, round_up
 from image_creator.errors import HostError, OutputError
 from image_creator.steps.sources import Inventory
 from image_creator.system.partitions import DATA_PARTITION_NUMBER
@@ -37,10 +37,6 @@ class SizePlan:
         return self.output - self.base_image
 
 
-def _round_up(value: int, unit: int) -> int:
-    return -(-value // unit) * unit
-
-
 def plan_sizes(inventory: Inventory, *, requested: int | None, max_size: int | None) -> SizePlan:
     base = inventory.base
     table = base.table
@@ -53,12 +49,12 @@ def plan_sizes(inventory: Inventory, *, requested: int | None, max_size: int | N
         before_data = base.image.root_size or 0
         existing = 0
         base_image = before_data
-    content = sum(_round_up(source.expanded_size, FS_BLOCK) for source in inventory.files)
+    content = sum(round_up(source.expanded_size, FS_BLOCK) for source in inventory.files)
     content += sum(
-        _round_up(source.filesize, FS_BLOCK) + source.fullsize for source in inventory.images
+        round_up(source.filesize, FS_BLOCK) + source.fullsize for source in inventory.images
     )
     needed = before_data + existing + math.ceil(content * (1 + EXT4_MARGIN_RATIO))
-    minimum = _round_up(max(needed + EXT4_FIXED_OVERHEAD, base_image), AUTO_ALIGNMENT)
+    minimum = round_up(max(needed + EXT4_FIXED_OVERHEAD, base_image), AUTO_ALIGNMENT)
     if requested is not None:
         if requested < minimum:
             raise OutputError(
