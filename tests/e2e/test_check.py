@@ -7,6 +7,7 @@ write nothing, need no root, and name the culprit of every failure.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -15,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -28,6 +30,7 @@ import pytest
 import yaml
 from docker_export import Image, Platform, export
 
+import image_creator
 import image_creator.pipeline as pipeline
 from image_creator.cli import main
 from image_creator.config.units import format_size
@@ -922,6 +925,24 @@ def world_readable_dir() -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def reachable_by_everyone(*paths: Path) -> Iterator[None]:
+    """Let another user reach ``paths``: a checkout in a 0700 folder (``mktemp -d``) would
+    otherwise hide the venv and the sources from ``nobody``. Modes are restored afterwards."""
+    changed: list[tuple[Path, int]] = []
+    try:
+        for path in paths:
+            for folder in (path, *path.parents):
+                mode = folder.stat().st_mode
+                if folder.is_dir() and not mode & stat.S_IXOTH:
+                    changed.append((folder, stat.S_IMODE(mode)))
+                    folder.chmod(stat.S_IMODE(mode) | stat.S_IROTH | stat.S_IXOTH)
+        yield
+    finally:
+        for folder, mode in reversed(changed):
+            folder.chmod(mode)
+
+
 def test_check_works_without_root(served: Served, world_readable_dir: Path) -> None:
     local = world_readable_dir / "local.txt"
     local.write_bytes(b"a local file\n")
@@ -944,16 +965,20 @@ def test_check_works_without_root(served: Served, world_readable_dir: Path) -> N
         require_tools("setpriv")
         argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
 
-    result = subprocess.run(
-        argv,
-        cwd=world_readable_dir,
-        env=dict(os.environ),  # NO_PROXY for the loopback server
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    package = Path(image_creator.__file__).parent
+    with reachable_by_everyone(
+        Path(sys.executable).parent, Path(sys.executable).resolve(), package
+    ):
+        result = subprocess.run(
+            argv,
+            cwd=world_readable_dir,
+            env=dict(os.environ),  # NO_PROXY for the loopback server
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "  ! a build here would fail: not running as root" in result.stdout
