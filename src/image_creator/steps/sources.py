@@ -67,6 +67,8 @@ class FileSource:
     remote: RemoteInfo | None  # None for content entries
     expanded_size: int  # bytes it occupies once written or extracted
     expected: str | None = None  # the checksum's digest (read once, even from its URL)
+    # filesystem entries (inodes) it creates: 1 for a file; an archive's members, when known
+    entries: int = 1
 
     @property
     def download_size(self) -> int | None:
