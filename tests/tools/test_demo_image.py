@@ -230,7 +230,7 @@ def test_demo_main_writes_a_local_config(demo_dir: Path) -> None:
 
 
 def test_demo_config_loads_with_the_project_loader(demo_dir: Path) -> None:
-    loaded = load_config(str(demo_dir / "demo.yaml"), read_url=lambda url: "")
+    loaded = load_config(str(demo_dir / "demo.yaml"), read_url=lambda url: b"")
     assert loaded.warnings == ()
     assert len(loaded.config.files) == 4
     assert loaded.config.base.root_size == 48 * MIB

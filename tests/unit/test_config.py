@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -185,7 +186,6 @@ def test_destinations_are_normalised() -> None:
         ("base: 1.2.1\nfiles:\n- to: data/x\n  content: a\n", "files[0].to: must be an absolute"),
         ("base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n  via: rar\n", "files[0].via"),
         ("base: 1.2.1\noutput: {size: 12 parsecs}\n", "output.size: expected a size"),
-        ("base: 1.2.1\noutput: {size: 1001}\n", "output.size: 1001 bytes is not a whole number"),
         (
             "base: 1.2.1\nfiles:\n- to: /data/x\n  url: http://a/b\n"
             "  checksum: {algo: crc, value: a}\n",
@@ -202,9 +202,10 @@ def test_destinations_are_normalised() -> None:
         ),
         ("base: 1.2.1\nfiles:\n- to: /data/x\n", "files[0]: needs a url or a content"),
         (
-            "base: 1.2.1\nfiles:\n- {to: /data/site, url: http://a/s.zip, via: zip}\n"
-            "- {to: /data/site/extra.txt, content: x}\n",
-            "files[1].to: /data/site/extra.txt overlaps /data/site of files[0]",
+            "base: 1.2.1\nfiles:\n- {to: /data/site, url: http://a/s.bin}\n"
+            "- {to: /data/site/deep/extra.txt, content: x}\n",
+            "files[1].to: /data/site/deep/extra.txt needs /data/site to be a folder, "
+            "but files[0] writes a file there",
         ),
         ("base: ftp://host/base.img\n", "base: unsupported URL scheme 'ftp'"),
         ("base: {source: 1.2.1, root_size: many}\n", "base.root_size: expected a size"),
@@ -254,19 +255,19 @@ def test_malformed_documents(text: str, expected: str) -> None:
 def test_load_config_reads_files_and_urls(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("base: base.img\n")
-    assert load_config(str(path), read_url=lambda url: "").config.base.url == (
+    assert load_config(str(path), read_url=lambda url: b"").config.base.url == (
         (tmp_path / "base.img").as_uri()
     )
-    remote = load_config("http://127.0.0.1:1/c.yaml", read_url=lambda url: "base: 1.2.1\n")
+    remote = load_config("http://127.0.0.1:1/c.yaml", read_url=lambda url: b"base: 1.2.1\n")
     assert remote.config.base.version == "1.2.1"
     relative = load_config(
         "http://127.0.0.1:1/configs/c.yaml",
-        read_url=lambda url: "base: images/base.img\nfiles:\n- {to: /data/a, url: /a.txt}\n",
+        read_url=lambda url: b"base: images/base.img\nfiles:\n- {to: /data/a, url: /a.txt}\n",
     )
     assert relative.config.base.url == "http://127.0.0.1:1/configs/images/base.img"
     assert relative.config.files[0].url == Path("/a.txt").as_uri()
     with pytest.raises(ConfigError, match="cannot read config"):
-        load_config(str(tmp_path / "missing.yaml"), read_url=lambda url: "")
+        load_config(str(tmp_path / "missing.yaml"), read_url=lambda url: b"")
 
 
 def test_base64_content_is_decoded() -> None:
@@ -274,3 +275,63 @@ def test_base64_content_is_decoded() -> None:
     encoded = base64.b64encode(payload).decode()
     text = f"base: 1.2.1\nfiles:\n- to: /data/bin\n  via: base64\n  content: {encoded}\n"
     assert parse(text).config.files[0].content == payload
+
+
+def test_entries_may_sit_inside_an_archive_destination() -> None:
+    # what ConfigBuilder writes for an app with a download and a volume
+    loaded = parse(
+        "base: 1.2.1\nfiles:\n- {to: /data/contents/app, url: http://a/app.zip, via: zip}\n"
+        "- {to: /data/contents/app/.touch, content: '-'}\n"
+        "- {to: /data/contents/app/sub, url: http://a/sub.tar, via: tar}\n"
+    )
+    assert [str(entry.to) for entry in loaded.config.files] == [
+        "/data/contents/app",
+        "/data/contents/app/.touch",
+        "/data/contents/app/sub",
+    ]
+    assert loaded.warnings == ()
+
+
+def test_negative_sizes_mean_unknown() -> None:
+    # offspot-config writes -1 (unknown) and -2 (its HEAD request failed)
+    loaded = parse(
+        "base: 1.2.1\nfiles:\n- {to: /data/a, url: http://a/a, size: -1}\n"
+        "- {to: /data/b, url: http://a/b.zip, via: zip, size: -2}\n"
+        "oci_images:\n- {ident: 'ghcr.io/offspot/x:1', filesize: -1, fullsize: -1}\n"
+    )
+    assert [entry.size for entry in loaded.config.files] == [None, None]
+    assert (loaded.config.oci_images[0].filesize, loaded.config.oci_images[0].fullsize) == (
+        None,
+        None,
+    )
+    assert set(loaded.warnings) == {
+        f"cfg.yaml: {key}: {value} means unknown: the size is taken from the source"
+        for key, value in (
+            ("files[0].size", -1),
+            ("files[1].size", -2),
+            ("oci_images[0].filesize", -1),
+            ("oci_images[0].fullsize", -1),
+        )
+    }
+
+
+def test_output_size_is_rounded_up_to_whole_sectors() -> None:
+    loaded = parse("base: 1.2.1\noutput: {size: 1001}\n")
+    assert loaded.config.output_size == 1024
+    assert loaded.warnings == (
+        "cfg.yaml: output.size: 1001 bytes is not a whole number of 512-byte sectors; "
+        "rounded up to 1024",
+    )
+
+
+def test_the_config_is_kept_byte_for_byte(tmp_path: Path) -> None:
+    raw = b"---\n# rendered by a generator\nbase: 1.2.1   # trailing comment\nwrite_config: true\n"
+    path = tmp_path / "c.yaml"
+    path.write_bytes(raw)
+    loaded = load_config(str(path), read_url=lambda url: b"")
+    assert loaded.config.raw == raw
+    assert loaded.sha256 == hashlib.sha256(raw).hexdigest()
+    assert load_config("http://127.0.0.1:1/c.yaml", read_url=lambda url: raw).config.raw == raw
+    path.write_bytes(b"base: \xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(str(path), read_url=lambda url: b"")

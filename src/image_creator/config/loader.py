@@ -32,7 +32,7 @@ from image_creator.config.model import (
     OciImage,
     Via,
 )
-from image_creator.config.units import UnitError, parse_size
+from image_creator.config.units import SECTOR_SIZE, UnitError, parse_size, round_up
 from image_creator.errors import ConfigError, os_reason
 from image_creator.fetch.checksums import HEX_LENGTHS
 
@@ -135,6 +135,11 @@ class _Reader:
             return None
 
     def optional_size(self, path: str, value: Any) -> int | None:
+        """A size, or None when absent. Generators write a negative number for "unknown"
+        (offspot-config: -1, or -2 when its HEAD request failed): that is unknown too."""
+        if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            self.warn(path, f"{value} means unknown: the size is taken from the source")
+            return None
         return None if value is None else self.size(path, value)
 
     def choice(self, path: str, value: Any, enum: type[_E]) -> _E | None:
@@ -252,8 +257,14 @@ def _read_output_size(reader: _Reader, value: Any) -> int | None:
     if isinstance(size, str) and size.strip().lower() == "auto":
         return None
     parsed = reader.size("output.size", size)
-    if parsed is not None and parsed % 512:
-        reader.problem("output.size", f"{parsed} bytes is not a whole number of 512-byte sectors")
+    if parsed is not None and parsed % SECTOR_SIZE:
+        rounded = round_up(parsed, SECTOR_SIZE)
+        reader.warn(
+            "output.size",
+            f"{parsed} bytes is not a whole number of {SECTOR_SIZE}-byte sectors; "
+            f"rounded up to {rounded}",
+        )
+        return rounded
     return parsed
 
 
@@ -339,6 +350,34 @@ def _read_file(reader: _Reader, path: str, value: Any) -> FileEntry | None:
     return FileEntry(to=to, via=via, url=url, content=content, size=size, checksum=checksum)
 
 
+def _read_files(reader: _Reader, value: Any) -> list[FileEntry]:
+    """The file entries; two may not share a destination, and an entry may sit inside
+    another's destination only when that one is an archive (extracted into a folder)."""
+    by_destination: dict[PurePosixPath, tuple[int, FileEntry]] = {}
+    for index, item in enumerate(reader.items("files", value)):
+        entry = _read_file(reader, f"files[{index}]", item)
+        if entry is None:
+            continue
+        if entry.to in by_destination:
+            reader.problem(
+                f"files[{index}].to",
+                f"{entry.to} is already the destination of files[{by_destination[entry.to][0]}]",
+            )
+            continue
+        by_destination[entry.to] = (index, entry)
+    for index, entry in by_destination.values():
+        for folder in entry.to.parents:
+            outer = by_destination.get(folder)
+            if outer is not None and not outer[1].via.is_archive:
+                reader.problem(
+                    f"files[{index}].to",
+                    f"{entry.to} needs {folder} to be a folder, "
+                    f"but files[{outer[0]}] writes a file there",
+                )
+                break
+    return [entry for _, entry in by_destination.values()]
+
+
 def parse_config(
     document: Any, *, label: str, base_dir: Path, base_url: str | None = None
 ) -> LoadedConfig:
@@ -370,35 +409,7 @@ def parse_config(
         seen_idents[image.ident] = index
         oci_images.append(image)
 
-    files: list[FileEntry] = []
-    seen_destinations: dict[PurePosixPath, int] = {}
-    for index, item in enumerate(reader.items("files", document.get("files"))):
-        entry = _read_file(reader, f"files[{index}]", item)
-        if entry is None:
-            continue
-        if entry.to in seen_destinations:
-            reader.problem(
-                f"files[{index}].to",
-                f"{entry.to} is already the destination of files[{seen_destinations[entry.to]}]",
-            )
-            continue
-        overlapping = next(
-            (
-                (other, other_index)
-                for other, other_index in seen_destinations.items()
-                if other in entry.to.parents or entry.to in other.parents
-            ),
-            None,
-        )
-        if overlapping is not None:
-            # entries are written concurrently: one inside another's folder would race with it
-            reader.problem(
-                f"files[{index}].to",
-                f"{entry.to} overlaps {overlapping[0]} of files[{overlapping[1]}]",
-            )
-            continue
-        seen_destinations[entry.to] = index
-        files.append(entry)
+    files = _read_files(reader, document.get("files"))
 
     write_config = document.get("write_config", False)
     if not isinstance(write_config, bool):
@@ -416,25 +427,32 @@ def parse_config(
         files=tuple(files),
         write_config=bool(write_config),
         offspot=dict(offspot),
-        document=dict(document),
     )
     return LoadedConfig(config=config, warnings=tuple(reader.warnings))
 
 
-def load_config(source: str, *, read_url: Callable[[str], str]) -> LoadedConfig:
-    """Read CONFIG_SRC (a path or an http(s) URL) and parse it."""
+def load_config(source: str, *, read_url: Callable[[str], bytes]) -> LoadedConfig:
+    """Read CONFIG_SRC (a path or an http(s) URL) and parse it; its bytes are kept as read."""
     base_url = None
     if urlsplit(source).scheme.lower() in REMOTE_SCHEMES:
-        text = read_url(source)
+        raw = read_url(source)
         base_dir, base_url = Path.cwd(), source
     else:
         path = Path(source).expanduser()
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            raw = path.read_bytes()
+        except OSError as exc:
             raise ConfigError([f"{source}: cannot read config: {os_reason(exc)}"]) from exc
         base_dir = path.resolve().parent
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: cannot read config: not UTF-8 text ({exc.reason})"]) from exc
     loaded = parse_config(
         parse_yaml(text, source), label=source, base_dir=base_dir, base_url=base_url
     )
-    return replace(loaded, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+    return replace(
+        loaded,
+        config=replace(loaded.config, raw=raw),
+        sha256=hashlib.sha256(raw).hexdigest(),
+    )

@@ -99,5 +99,5 @@ class Config:
     files: tuple[FileEntry, ...] = ()
     write_config: bool = False
     offspot: Mapping[str, Any] = field(default_factory=dict)
-    # The document as read (after YAML parsing), written to /data/conf/image.yaml on request.
-    document: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    # The config's bytes exactly as read (file or URL): the copy written with write_config.
+    raw: bytes = field(default=b"", compare=False, repr=False)
