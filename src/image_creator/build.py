@@ -95,7 +95,7 @@ def build(ctx: Context) -> None:
                         workers=options.concurrency,
                     )
             if config.write_config:
-                write_image_config(root, config.document)
+                write_image_config(root, config.raw)
             os.sync()
 
         with ctx.timeline.step("Checking data filesystem"):

@@ -146,7 +146,9 @@ def test_full_build(
         for name, content in TREE.items():
             assert found[f"contents/site-{via}/{name}"] == sha(content), (via, name)
     assert (tree / "conf/message.txt").read_bytes() == b"hello world\n"
-    assert yaml.safe_load((tree / "conf/image.yaml").read_text()) == config
+    # the config copy: its bytes as read, where Offspot reads it and where the spec puts it
+    assert (tree / "image.yaml").read_bytes() == config_path.read_bytes()
+    assert (tree / "conf/image.yaml").read_bytes() == config_path.read_bytes()
     # nothing else: no temporary names, no spooled archive left on the partition
     expected_names = {
         *DEFAULT_DATA_FILES,
@@ -154,6 +156,7 @@ def test_full_build(
         "contents/zims/checked.zim",
         *(f"contents/site-{via}/{name}" for via in archives for name in TREE),
         "conf/message.txt",
+        "image.yaml",
         "conf/image.yaml",
         f"images/{export_filename(hello)}",
         f"images/{export_filename(hello2)}",

@@ -44,6 +44,8 @@ DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 1.0  # seconds before the first retry, doubled for each following one
 MAX_BACKOFF = 60.0
 TEXT_LIMIT = 64 * 1024
+# Generated configs embed branding images as base64: a few hundred KB is common.
+CONFIG_LIMIT = 16 * 1024 * 1024
 
 Timeout = float | tuple[float, float]
 Sleep = Callable[[float], None]
@@ -367,6 +369,28 @@ def read_text(
 ) -> str:
     """A small text document (a checksum file), decoded as UTF-8; SourceError past ``limit``
     bytes, so that a mistaken URL to a large file is not downloaded."""
+    data = read_bytes(
+        url, limit, session=session, timeout=timeout, retries=retries, backoff=backoff, sleep=sleep
+    )
+    return data.decode("utf-8", errors="replace")
+
+
+def read_config(url: str) -> bytes:
+    """A config document by URL, as its bytes (configs carry branding images: allow room)."""
+    return read_bytes(url, CONFIG_LIMIT)
+
+
+def read_bytes(
+    url: str,
+    limit: int = TEXT_LIMIT,
+    *,
+    session: requests.Session | None = None,
+    timeout: Timeout = DEFAULT_TIMEOUT,
+    retries: int = 2,
+    backoff: float = DEFAULT_BACKOFF,
+    sleep: Sleep = time.sleep,
+) -> bytes:
+    """A small document's bytes; SourceError past ``limit`` bytes."""
     path = local_path(url)
     if path is not None:
         with _open_local(url, path) as file:
@@ -395,8 +419,8 @@ def read_text(
                     raise SourceError(f"{url}: {_describe(exc)}") from exc
                 data = bytes(body)
     if len(data) > limit:
-        raise SourceError(f"{url}: more than {limit} bytes; expected a short text")
-    return data.decode("utf-8", errors="replace")
+        raise SourceError(f"{url}: more than {limit} bytes; expected a short document")
+    return data
 
 
 def read_range(

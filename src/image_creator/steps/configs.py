@@ -1,7 +1,14 @@
-"""The config files a device reads: /data/conf/image.yaml and offspot.yaml on the boot partition."""
+"""The config files a device reads: the config copy on the data partition, offspot.yaml on the
+boot partition.
+
+The copy of the config goes to two places with the same bytes (one file, hard-linked):
+``/data/image.yaml``, where Offspot's own programs look for it (offspot/demo tells an
+ordering-service image by it), and ``/data/conf/image.yaml``, the reference spec's path.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -11,7 +18,8 @@ import yaml
 from image_creator.steps.placement import destination, staged
 from image_creator.system.fat import write_fat_file
 
-IMAGE_CONFIG_PATH = PurePosixPath("conf/image.yaml")
+IMAGE_CONFIG_PATH = PurePosixPath("image.yaml")
+SPEC_IMAGE_CONFIG_PATH = PurePosixPath("conf/image.yaml")
 OFFSPOT_CONFIG_NAME = "offspot.yaml"
 
 
@@ -21,11 +29,14 @@ def dump_yaml(document: Mapping[str, Any]) -> bytes:
     ).encode("utf-8")
 
 
-def write_image_config(root: Path, document: Mapping[str, Any]) -> None:
-    """The config as read, at /data/conf/image.yaml."""
+def write_image_config(root: Path, raw: bytes) -> None:
+    """The config's bytes as read, at /data/image.yaml and (hard-linked) /data/conf/image.yaml."""
     target = destination(root, IMAGE_CONFIG_PATH)
     with staged(target) as staging:
-        staging.write_bytes(dump_yaml(document))
+        staging.write_bytes(raw)
+    spec_target = destination(root, SPEC_IMAGE_CONFIG_PATH)
+    with staged(spec_target) as staging:
+        os.link(target, staging)
 
 
 def write_offspot_config(image: Path, boot_offset: int, offspot: Mapping[str, Any]) -> None:
