@@ -55,7 +55,7 @@ def _run(
         show_cache(cache, reporter)
         return
     with timeline.step("Reading config"):
-        loaded = load_config(options.config_src, read_url=http.read_text)
+        loaded = load_config(options.config_src, read_url=http.read_config)
         record.config_sha256 = loaded.sha256
         for warning in loaded.warnings:
             reporter.warning(warning)
@@ -135,6 +135,8 @@ def report_sources(inventory: Inventory, reporter: Reporter) -> None:
     base = inventory.base
     download = format_size(base.download_size) if base.download_size is not None else "size unknown"
     reporter.info(f"base image {base.image.url}: {download}")
+    for warning in base.warnings:
+        reporter.warning(warning)
     for image in inventory.images:
         reporter.info(
             f"OCI image {image.image.ident}: {format_size(image.filesize)} tar, "

@@ -89,7 +89,7 @@ class Report:
             "source": base.image.url,
             "download_size": base.download_size,
             "image_size": self.base.image_size if self.base else None,
-            "checksum": _checksum(base.image.checksum is not None, self.base is not None),
+            "checksum": _checksum(base.checksum is not None, self.base is not None),
             "from_cache": self.base.from_cache if self.base else None,
         }
 

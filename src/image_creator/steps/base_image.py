@@ -75,9 +75,9 @@ def fetch_base_image(
     """Write the (decompressed) base image to ``target``."""
     base = source.image
     hashers: list[Hasher] = []
-    expected = source.expected
-    if base.checksum is not None:
-        hashers.append(new_hasher(base.checksum.algo.value))
+    checksum = source.checksum
+    if checksum is not None:
+        hashers.append(new_hasher(checksum.algo.value))
     with (
         downloads.open(base.url, remote=source.remote, on_progress=on_progress) as fetched,
         target.open("r+b") as file,
@@ -92,9 +92,9 @@ def fetch_base_image(
         size = writer.close()
         if size == 0:
             raise SourceError(f"{base.url}: the base image is empty")
-        if base.checksum is not None and expected is not None:
-            verify_digest(hashers[0], expected, source=base.url)
-            fetched.verified(base.checksum.algo.value, expected)
+        if checksum is not None:
+            verify_digest(hashers[0], checksum.value, source=base.url)
+            fetched.verified(checksum.algo.value, checksum.value)
         from_cache = fetched.from_cache
     return FetchedBase(image_size=size, from_cache=from_cache)
 

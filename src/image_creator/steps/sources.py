@@ -11,7 +11,7 @@ import logging
 import lzma
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from image_creator.cache.downloads import version_of
@@ -20,6 +20,7 @@ from image_creator.cache.store import CacheStore
 from image_creator.config.model import (
     BaseImage,
     Checksum,
+    ChecksumAlgo,
     ChecksumKind,
     Config,
     FileEntry,
@@ -44,7 +45,14 @@ class BaseSource:
     image: BaseImage
     remote: RemoteInfo
     table: PartitionTable | None
-    expected: str | None = None  # the checksum's digest (read once, even from its URL)
+    # what the download is verified against: the config's checksum with its digest read once
+    # (even from its URL), or for a release number, the md5 published beside the image
+    checksum: Checksum | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def expected(self) -> str | None:
+        return self.checksum.value if self.checksum is not None else None
 
     @property
     def download_size(self) -> int | None:
@@ -116,7 +124,7 @@ def inspect_sources(
 
 def inspect_base(base: BaseImage, cache: CacheStore | None = None) -> BaseSource:
     info = http.probe(base.url)
-    expected = expected_digest(base.checksum) if base.checksum is not None else None
+    checksum, warnings = _base_checksum(base)
     cached = None
     if cache is not None:
         cached = cache.peek(EntryKind.FILES, base.url, base.url, version=version_of(info))
@@ -132,7 +140,29 @@ def inspect_base(base: BaseImage, cache: CacheStore | None = None) -> BaseSource
             f"{base.url}: cannot read the base image's partition table; "
             "give base.root_size to size the image"
         )
-    return BaseSource(image=base, remote=info, table=table, expected=expected)
+    return BaseSource(image=base, remote=info, table=table, checksum=checksum, warnings=warnings)
+
+
+def _base_checksum(base: BaseImage) -> tuple[Checksum | None, tuple[str, ...]]:
+    """The checksum to verify the base image with, and a warning when a release has none.
+
+    An explicit checksum wins. A release number (``base: 1.4.2``) is checked against the
+    MirrorBrain-style ``<url>.md5`` published beside the image, when there is one.
+    """
+    if base.checksum is not None:
+        return replace(
+            base.checksum, value=expected_digest(base.checksum), kind=ChecksumKind.DIGEST
+        ), ()
+    if base.version is None:
+        return None, ()
+    sidecar = f"{base.url}.md5"
+    try:
+        digest = parse_checksum_text(
+            http.read_text(sidecar), algo=ChecksumAlgo.MD5.value, source=sidecar
+        )
+    except SourceError as exc:
+        return None, (f"base {base.version}: no checksum to verify it with ({exc.message})",)
+    return Checksum(algo=ChecksumAlgo.MD5, value=digest), ()
 
 
 def _read_head(url: str, *, compressed: bool) -> bytes:
