@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -49,7 +50,7 @@ def md5_text(data: bytes) -> bytes:
 
 def run(
     tmp_path: Path, *options: str, output: Path | None = None
-) -> tuple[int, NullReporter, dict[str, object]]:
+) -> tuple[int, NullReporter, dict[str, Any]]:
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"base": VERSION}))
     report = tmp_path / "report.json"
