@@ -25,7 +25,7 @@ from image_creator.steps.output import (
     publish,
     temporary_directory,
 )
-from image_creator.steps.placement import run_concurrently
+from image_creator.steps.placement import placement_rounds, run_concurrently, run_in_rounds
 from image_creator.system.ext4 import check_filesystem, resize_filesystem
 from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.loop import attached_partition
@@ -85,13 +85,16 @@ def build(ctx: Context) -> None:
                     )
             if inventory.files:
                 with ctx.timeline.step("Writing files"):
-                    ctx.record.files = run_concurrently(
-                        (
+                    files = inventory.files
+                    order = placement_rounds([(f.entry.to, f.entry.via.is_archive) for f in files])
+                    ctx.record.files = run_in_rounds(
+                        [
                             functools.partial(
                                 place_file, source, root, downloads=ctx.downloads, reporter=reporter
                             )
-                            for source in inventory.files
-                        ),
+                            for source in files
+                        ],
+                        order,
                         workers=options.concurrency,
                     )
             if config.write_config:

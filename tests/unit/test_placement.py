@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from image_creator.errors import BuildError
-from image_creator.steps.placement import destination, staged
+from image_creator.steps.placement import destination, placement_rounds, run_in_rounds, staged
 
 
 def test_a_file_replaces_a_folder_and_a_folder_a_file(tmp_path: Path) -> None:
@@ -53,3 +55,46 @@ def test_destination_refuses_a_folder_leading_outside(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="leads outside the data partition"):
         destination(root, PurePosixPath("contents/file.zim"))
     assert list(outside.iterdir()) == []
+
+
+def test_a_merge_tells_which_existing_files_it_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "app"
+    (target / "assets").mkdir(parents=True)
+    (target / ".touch").write_text("-")
+    (target / "assets" / "logo.png").write_text("config's logo")
+    replaced: list[Path] = []
+    with staged(target, directory=True, on_replace=replaced.append) as staging:
+        (staging / "assets").mkdir()
+        (staging / "assets" / "logo.png").write_text("archive's logo")
+        (staging / "index.html").write_text("<h1>app</h1>")
+    assert replaced == [target / "assets" / "logo.png"]
+    assert (target / ".touch").read_text() == "-"
+    assert (target / "assets" / "logo.png").read_text() == "archive's logo"
+
+
+def test_placement_rounds_write_files_first_then_archives_outer_to_inner() -> None:
+    data = PurePosixPath("/data")
+    destinations = [
+        (data / "apps/wiki", True),  # an archive
+        (data / "apps/wiki/.touch", False),  # inline content inside it
+        (data / "apps/wiki/media", True),  # an archive inside the first one
+        (data / "zims/a.zim", False),
+        (data / "apps/other", True),
+    ]
+    assert placement_rounds(destinations) == [[1, 3], [0, 4], [2]]
+    assert placement_rounds([]) == []
+
+
+def test_run_in_rounds_keeps_task_order_and_runs_rounds_in_sequence() -> None:
+    started: list[str] = []
+
+    def task(name: str) -> Callable[[threading.Event], str]:
+        def run(cancelled: threading.Event) -> str:
+            started.append(name)
+            return name.upper()
+
+        return run
+
+    tasks = [task(name) for name in ("a", "b", "c", "d")]
+    assert run_in_rounds(tasks, [[3], [0, 2], [1]], workers=2) == ["A", "B", "C", "D"]
+    assert started[0] == "d" and started[-1] == "b"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -46,11 +46,14 @@ def remove(path: Path) -> None:
 
 
 @contextmanager
-def staged(target: Path, *, directory: bool = False) -> Iterator[Path]:
+def staged(
+    target: Path, *, directory: bool = False, on_replace: Callable[[Path], None] | None = None
+) -> Iterator[Path]:
     """A temporary path next to ``target``, moved onto it when the block succeeds.
 
     On failure the temporary path is removed: nothing half-written is ever under its name.
-    A directory is moved in place of an existing one, or merged into it entry by entry.
+    A directory is moved in place of an existing one, or merged into it entry by entry;
+    ``on_replace`` is told of every existing file the merge replaces.
     """
     staging = temporary_sibling(target)
     if directory:
@@ -61,23 +64,58 @@ def staged(target: Path, *, directory: bool = False) -> Iterator[Path]:
         remove(staging)
         raise
     if directory and target.is_dir() and not target.is_symlink():
-        _merge_into(staging, target)
+        _merge_into(staging, target, on_replace or _ignore)
         return
     if (target.exists() or target.is_symlink()) and (directory or target.is_dir()):
         remove(target)  # a rename puts neither a folder over a file nor a file over a folder
     staging.replace(target)
 
 
-def _merge_into(staging: Path, target: Path) -> None:
+def _merge_into(staging: Path, target: Path, on_replace: Callable[[Path], None]) -> None:
     for entry in list(staging.iterdir()):
         existing = target / entry.name
         if existing.is_dir() and not existing.is_symlink() and entry.is_dir():
-            _merge_into(entry, existing)
+            _merge_into(entry, existing, on_replace)
             continue
         if existing.exists() or existing.is_symlink():
+            on_replace(existing)
             remove(existing)
         entry.replace(existing)
     staging.rmdir()
+
+
+def _ignore(path: Path) -> None:
+    pass
+
+
+def placement_rounds(destinations: Sequence[tuple[PurePosixPath, bool]]) -> list[list[int]]:
+    """The order entries are written in, as rounds of indices into ``destinations`` (each a
+    destination and whether it is an archive); the entries of one round run concurrently.
+
+    Plain files and inline content come first, then archives, which merge into their folder
+    whatever is already there; an archive that extracts inside another archive's folder
+    comes after that one. The loader allows no other nesting.
+    """
+    archives = {to for to, is_archive in destinations if is_archive}
+    rounds: dict[int, list[int]] = {}
+    for index, (to, is_archive) in enumerate(destinations):
+        order = 1 + sum(parent in archives for parent in to.parents) if is_archive else 0
+        rounds.setdefault(order, []).append(index)
+    return [rounds[order] for order in sorted(rounds)]
+
+
+def run_in_rounds(
+    tasks: Sequence[Callable[[threading.Event], _T]],
+    rounds: Sequence[Sequence[int]],
+    *,
+    workers: int,
+) -> list[_T]:
+    """``tasks`` round after round (see :func:`run_concurrently`); results in task order."""
+    results: dict[int, _T] = {}
+    for indices in rounds:
+        done = run_concurrently((tasks[index] for index in indices), workers=workers)
+        results.update(zip(indices, done, strict=True))
+    return [results[index] for index in range(len(tasks))]
 
 
 class Readable(Protocol):
