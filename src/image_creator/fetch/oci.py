@@ -237,6 +237,35 @@ def verify_export(tar_path: Path, *, label: str) -> ExportedImage:
     )
 
 
+def same_reference(first: str, second: str) -> bool:
+    """Whether two image references name the same image (``alpine:3`` is
+    ``docker.io/library/alpine:3``), as docker compares them."""
+    try:
+        return str(parse_ident(first)) == str(parse_ident(second))
+    except ValueError:
+        return False
+
+
+def check_tag(exported: ExportedImage, ident: str, *, label: str) -> None:
+    """A downloaded tar must be tagged ``ident``: the device loads every tar in /data/images
+    with ``docker load``, which names the image by its first RepoTag, and the compose file
+    asks for ``ident``."""
+    if not exported.repo_tags:
+        raise SourceError(
+            f"{label}: the image tar has no tag (manifest.json RepoTags is empty), so the "
+            f"device cannot find it as {ident}",
+            hint=f"export it by name: docker save {ident} (or skopeo copy to docker-archive:"
+            f"FILE:{ident})",
+        )
+    tag = exported.repo_tags[0]
+    if not same_reference(tag, ident):
+        raise SourceError(
+            f"{label}: the image tar is tagged {tag}, not {ident}: the device would load it "
+            f"as {tag}",
+            hint=f"set ident: {tag} in the config, or export the tar as {ident}",
+        )
+
+
 def _read_json(tar: tarfile.TarFile, name: str) -> Any:
     member = tar.extractfile(name.lstrip("/")) or tar.extractfile(name)
     if member is None:

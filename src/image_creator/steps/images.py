@@ -61,6 +61,7 @@ def place_image(
                         file.write(chunk)
                 # verified before the cache keeps it
                 exported = oci.verify_export(staging, label=label)
+                oci.check_tag(exported, image.ident, label=label)
             return _placed(target, exported, fetched.from_cache)
         with downloads.image_tar(
             image.ident,
