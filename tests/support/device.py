@@ -186,10 +186,13 @@ def check_files(dump: Path, document: Mapping[str, Any], world: OrderWorld) -> l
             for other in destinations
             if other != to and other.is_relative_to(to)
         }
+        # macOS junk is reported once, by check_no_macos_junk
         found = {
             path.relative_to(target).as_posix(): path
             for path in target.rglob("*")
-            if path.is_file() and path.relative_to(target).as_posix() not in others
+            if path.is_file()
+            and path.relative_to(target).as_posix() not in others
+            and not is_macos_junk(path.relative_to(target).as_posix())
         }
         for name in sorted(set(expected) - set(found)):
             problems.append(f"{where}: archive member {name} missing")

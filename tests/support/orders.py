@@ -371,9 +371,18 @@ EXPLICIT_OUTPUT_SIZE = 400_000_000
 
 
 def render_sized(world: OrderWorld) -> str:
-    """A small order with an explicit output size (set_output_size)."""
+    """A small order with an explicit output size (set_output_size), and a reader whose size
+    the service could not learn: ``Reader.using`` writes ``size: -1`` when the server sends
+    no Content-Length."""
+    url = world.serve(
+        "/release/kiwix-desktop/kiwix-desktop_x86_64_2.3.1.appimage",
+        b"\x7fELF" + fake_zim("reader-linux", 20_000),
+    )
+    unknown_size = Reader(
+        platform="linux", download_url=url, filename=Reader.filename_from_url(url), size=-1
+    )
     builder = _builder(world, name="sized")
-    builder.add_dashboard(allow_zim_downloads=False)
+    builder.add_dashboard(allow_zim_downloads=False, readers=[unknown_size])
     builder.add_reverseproxy()
     builder.add_zim(_zim(world, name="wikipedia_fr_test", flavour="mini", size=150_000))
     builder.add_app(offspot_builder.app_catalog[MAGOE])
