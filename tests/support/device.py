@@ -216,3 +216,21 @@ def check_no_macos_junk(dump: Path) -> list[str]:
         for path in sorted(dump.rglob("*"))
         if path.name in ("__MACOSX", ".DS_Store")
     ]
+
+
+def entries_inside_archives(document: Mapping[str, Any]) -> list[str]:
+    """Entries placed inside an archive's destination (the ``.touch`` a volume asks for)."""
+    archives = [
+        PurePosixPath(str(entry["to"]))
+        for entry in document["files"]
+        if (entry.get("via") or "direct") in ARCHIVE_VIAS
+    ]
+    return [
+        str(entry["to"])
+        for entry in document["files"]
+        if any(
+            PurePosixPath(str(entry["to"])).is_relative_to(folder)
+            and PurePosixPath(str(entry["to"])) != folder
+            for folder in archives
+        )
+    ]
