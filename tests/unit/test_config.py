@@ -207,6 +207,26 @@ def test_destinations_are_normalised() -> None:
             "files[1].to: /data/site/deep/extra.txt needs /data/site to be a folder, "
             "but files[0] writes a file there",
         ),
+        (
+            "base: 1.2.1\nfiles:\n- {to: /data/images, url: http://a/b.tar, via: tar}\n",
+            "files[0].to: /data/images: /data/images holds the OCI images the build places",
+        ),
+        (
+            "base: 1.2.1\nfiles:\n- {to: /data/images/x.tar, url: http://a/x.tar}\n",
+            "files[0].to: /data/images/x.tar: /data/images holds the OCI images",
+        ),
+        (
+            "base: 1.2.1\nwrite_config: true\nfiles:\n- {to: /data/image.yaml, content: x}\n",
+            "files[0].to: /data/image.yaml: write_config puts the config's copy there",
+        ),
+        (
+            "base: 1.2.1\nwrite_config: true\nfiles:\n- {to: /data/conf/image.yaml, content: x}\n",
+            "files[0].to: /data/conf/image.yaml: write_config puts the config's copy there",
+        ),
+        (
+            "base: 1.2.1\nwrite_config: true\nfiles:\n- {to: /data/conf, content: x}\n",
+            "files[0].to: /data/conf: write_config needs this folder for the config's copy",
+        ),
         ("base: ftp://host/base.img\n", "base: unsupported URL scheme 'ftp'"),
         ("base: {source: 1.2.1, root_size: many}\n", "base.root_size: expected a size"),
         ("base: 1.2\n", "base: version 1.2 must be a full release number"),
@@ -335,3 +355,16 @@ def test_the_config_is_kept_byte_for_byte(tmp_path: Path) -> None:
     path.write_bytes(b"base: \xff\n")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(str(path), read_url=lambda url: b"")
+
+
+def test_without_write_config_the_copies_paths_are_free() -> None:
+    loaded = parse(
+        "base: 1.2.1\nfiles:\n- {to: /data/image.yaml, content: x}\n"
+        "- {to: /data/conf, url: http://a/conf.zip, via: zip}\n"
+    )
+    assert [str(entry.to) for entry in loaded.config.files] == ["/data/image.yaml", "/data/conf"]
+    with_copy = parse(
+        "base: 1.2.1\nwrite_config: true\n"
+        "files:\n- {to: /data/conf, url: http://a/c.zip, via: zip}\n"
+    )
+    assert [str(entry.to) for entry in with_copy.config.files] == ["/data/conf"]

@@ -21,8 +21,10 @@ from docker_export import Image
 
 from image_creator.config.model import (
     BASE_URL_TEMPLATE_ENV,
+    CONFIG_COPIES,
     DATA_ROOT,
     DEFAULT_BASE_URL_TEMPLATE,
+    IMAGES_DIR,
     BaseImage,
     Checksum,
     ChecksumAlgo,
@@ -350,13 +352,18 @@ def _read_file(reader: _Reader, path: str, value: Any) -> FileEntry | None:
     return FileEntry(to=to, via=via, url=url, content=content, size=size, checksum=checksum)
 
 
-def _read_files(reader: _Reader, value: Any) -> list[FileEntry]:
-    """The file entries; two may not share a destination, and an entry may sit inside
-    another's destination only when that one is an archive (extracted into a folder)."""
+def _read_files(reader: _Reader, value: Any, *, write_config: bool) -> list[FileEntry]:
+    """The file entries; two may not share a destination, an entry may sit inside another's
+    destination only when that one is an archive (extracted into a folder), and none may land
+    where the build writes itself (the OCI images, the config copies)."""
     by_destination: dict[PurePosixPath, tuple[int, FileEntry]] = {}
     for index, item in enumerate(reader.items("files", value)):
         entry = _read_file(reader, f"files[{index}]", item)
         if entry is None:
+            continue
+        reserved = _reserved_by_the_build(entry, write_config=write_config)
+        if reserved:
+            reader.problem(f"files[{index}].to", f"{entry.to}: {reserved}")
             continue
         if entry.to in by_destination:
             reader.problem(
@@ -376,6 +383,18 @@ def _read_files(reader: _Reader, value: Any) -> list[FileEntry]:
                 )
                 break
     return [entry for _, entry in by_destination.values()]
+
+
+def _reserved_by_the_build(entry: FileEntry, *, write_config: bool) -> str | None:
+    """Why ``entry`` may not be written where it says, if the build itself writes there."""
+    if entry.to == IMAGES_DIR or IMAGES_DIR in entry.to.parents:
+        return f"{IMAGES_DIR} holds the OCI images the build places; choose another path"
+    if write_config:
+        if entry.to in CONFIG_COPIES:
+            return "write_config puts the config's copy there; choose another path"
+        if not entry.via.is_archive and any(entry.to in path.parents for path in CONFIG_COPIES):
+            return "write_config needs this folder for the config's copy; choose another path"
+    return None
 
 
 def parse_config(
@@ -409,11 +428,10 @@ def parse_config(
         seen_idents[image.ident] = index
         oci_images.append(image)
 
-    files = _read_files(reader, document.get("files"))
-
     write_config = document.get("write_config", False)
     if not isinstance(write_config, bool):
         reader.problem("write_config", f"expected true or false, got {_kind(write_config)}")
+    files = _read_files(reader, document.get("files"), write_config=write_config is True)
     offspot = document.get("offspot") or {}
     if not isinstance(offspot, Mapping):
         reader.problem("offspot", f"expected a mapping, got {_kind(offspot)}")

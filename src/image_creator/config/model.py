@@ -10,6 +10,9 @@ from typing import Any
 
 # Where the data partition is mounted on the running device; every file goes below it.
 DATA_ROOT = PurePosixPath("/data")
+# What the build writes itself on the data partition: no file entry may land there.
+IMAGES_DIR = DATA_ROOT / "images"  # the OCI images, as docker-load tars
+CONFIG_COPIES = (DATA_ROOT / "image.yaml", DATA_ROOT / "conf" / "image.yaml")  # write_config
 OCI_PLATFORM = "linux/arm64/v8"
 DEFAULT_BASE_URL_TEMPLATE = "https://drive.offspot.it/base/offspot-base-arm64-{version}.img.xz"
 BASE_URL_TEMPLATE_ENV = "IMAGE_CREATOR_BASE_URL_TEMPLATE"

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import yaml
 
+from image_creator.config.model import CONFIG_COPIES, DATA_ROOT
 from image_creator.steps.placement import destination, staged
 from image_creator.system.fat import write_fat_file
 
-IMAGE_CONFIG_PATH = PurePosixPath("image.yaml")
-SPEC_IMAGE_CONFIG_PATH = PurePosixPath("conf/image.yaml")
 OFFSPOT_CONFIG_NAME = "offspot.yaml"
 
 
@@ -31,12 +30,12 @@ def dump_yaml(document: Mapping[str, Any]) -> bytes:
 
 def write_image_config(root: Path, raw: bytes) -> None:
     """The config's bytes as read, at /data/image.yaml and (hard-linked) /data/conf/image.yaml."""
-    target = destination(root, IMAGE_CONFIG_PATH)
-    with staged(target) as staging:
+    first, *others = (destination(root, path.relative_to(DATA_ROOT)) for path in CONFIG_COPIES)
+    with staged(first) as staging:
         staging.write_bytes(raw)
-    spec_target = destination(root, SPEC_IMAGE_CONFIG_PATH)
-    with staged(spec_target) as staging:
-        os.link(target, staging)
+    for target in others:
+        with staged(target) as staging:
+            os.link(first, staging)
 
 
 def write_offspot_config(image: Path, boot_offset: int, offspot: Mapping[str, Any]) -> None:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from image_creator.cache.downloads import Downloads, copy_file
-from image_creator.config.model import OCI_PLATFORM
+from image_creator.config.model import DATA_ROOT, IMAGES_DIR, OCI_PLATFORM
 from image_creator.fetch import oci
 from image_creator.fetch.oci import ExportedImage
 from image_creator.steps.placement import CancellableReader, destination, staged
 from image_creator.steps.sources import ImageSource
 from image_creator.ui.base import Reporter
 
-IMAGES_FOLDER = PurePosixPath("images")
+IMAGES_FOLDER = IMAGES_DIR.relative_to(DATA_ROOT)
 CHUNK = 1024 * 1024
 
 
