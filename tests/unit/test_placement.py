@@ -52,9 +52,34 @@ def test_destination_refuses_a_folder_leading_outside(tmp_path: Path) -> None:
     outside = tmp_path / "host"
     outside.mkdir()
     (root / "contents").symlink_to(outside)
-    with pytest.raises(BuildError, match="leads outside the data partition"):
-        destination(root, PurePosixPath("contents/file.zim"))
+    with pytest.raises(BuildError, match=r"/data/contents is a symbolic link \(to /"):
+        destination(root, PurePosixPath("contents/x/y/file.zim"))
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("link", ["../..", "..", ".", "/", "inner"])
+def test_destination_never_follows_a_link_even_one_inside(tmp_path: Path, link: str) -> None:
+    root = tmp_path / "a" / "data"
+    (root / "inner").mkdir(parents=True)
+    (root / "inner" / "up").symlink_to(link)
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    with pytest.raises(BuildError, match="/data/inner/up is a symbolic link"):
+        destination(root, PurePosixPath("inner/up/x/y/f"))
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before
+
+
+def test_destination_creates_folders_and_replaces_a_link_at_the_name(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "file").write_text("a file")
+    with pytest.raises(BuildError, match="/data/file is not a folder"):
+        destination(root, PurePosixPath("file/x"))
+    target = destination(root, PurePosixPath("contents/zims/a.zim"))
+    assert target == root / "contents" / "zims" / "a.zim"
+    assert target.parent.is_dir() and not target.exists()
+    target.symlink_to("/etc/passwd")
+    assert destination(root, PurePosixPath("contents/zims/a.zim")) == target
+    assert not target.exists() and not target.is_symlink()
 
 
 def test_a_merge_tells_which_existing_files_it_replaces(tmp_path: Path) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import shutil
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -11,26 +15,51 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
-from image_creator.errors import BuildError, Interrupted
+from image_creator.errors import BuildError, Interrupted, os_reason
 
 _T = TypeVar("_T")
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 def destination(root: Path, relative: PurePosixPath) -> Path:
-    """``root/relative``, with its parent folders created, proven to stay inside ``root``.
+    """``root/relative``, with its parent folders created, never through a link.
 
-    The base image's data partition may hold symlinks; one pointing at an absolute path
-    would otherwise send a file onto the build host.
+    The base image's data partition may hold symbolic links (``contents -> /srv`` or
+    ``-> ../..``); followed, one would send folders and files onto the build host. Each
+    folder is opened with O_NOFOLLOW relative to the one before it (created when missing),
+    so a link anywhere on the way is refused before anything is created beyond it. A link at
+    the final name is removed: the entry replaces it.
     """
-    target = root / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    real_root = root.resolve()
-    real_parent = target.parent.resolve()
-    if real_parent != real_root and real_root not in real_parent.parents:
-        raise BuildError(f"/data/{relative}: its folder leads outside the data partition")
-    if target.is_symlink():
-        target.unlink()
-    return real_parent / target.name
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise BuildError(f"/data/{relative}: not a path inside the data partition")
+    folder = os.open(root, _FOLDER_FLAGS)
+    try:
+        for depth, part in enumerate(relative.parts[:-1]):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=folder)
+            try:
+                inner = os.open(part, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=folder)
+            except OSError as exc:
+                where = PurePosixPath("/data", *relative.parts[: depth + 1])
+                raise BuildError(
+                    f"/data/{relative}: {where} {_not_a_folder(part, folder, exc)}: "
+                    "refusing to write through it"
+                ) from exc
+            os.close(folder)
+            folder = inner
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(relative.name, dir_fd=folder).st_mode):
+                os.unlink(relative.name, dir_fd=folder)
+    finally:
+        os.close(folder)
+    return root.joinpath(*relative.parts)
+
+
+def _not_a_folder(name: str, parent: int, error: OSError) -> str:
+    with contextlib.suppress(OSError):
+        if stat.S_ISLNK(os.lstat(name, dir_fd=parent).st_mode):
+            return f"is a symbolic link (to {os.readlink(name, dir_fd=parent)})"
+    return "is not a folder" if error.errno == errno.ENOTDIR else os_reason(error)
 
 
 def temporary_sibling(target: Path, suffix: str = ".part") -> Path:
