@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 
+from image_creator.checks.paths import BUILD_FOLDER_PREFIX
 from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.errors import BuildError
@@ -43,7 +44,7 @@ def build(ctx: Context) -> None:
         partial_output(options.output, keep=options.keep, reporter=reporter)
     )
     build_dir = ctx.stack.enter_context(
-        temporary_directory(default_build_dir(options), prefix=".image-creator-build-")
+        temporary_directory(default_build_dir(options), prefix=BUILD_FOLDER_PREFIX)
     )
 
     with ctx.timeline.step("Fetching base image"):
@@ -112,7 +113,7 @@ def build(ctx: Context) -> None:
             write_offspot_config(image, boot.start_bytes, config.offspot)
 
     with ctx.timeline.step("Publishing"):
-        publish(image, options.output)
+        publish(image, options.output, overwrite=options.overwrite)
         ctx.record.output = options.output
     if options.report is not None:
         with ctx.timeline.step("Computing the image's sha256"):

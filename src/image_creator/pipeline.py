@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 from image_creator.build import build
 from image_creator.cache.downloads import Downloads
 from image_creator.cache.eviction import describe
+from image_creator.checks.paths import check_output_path, check_report_path
 from image_creator.config.loader import load_config
 from image_creator.config.units import format_size
 from image_creator.context import Context
-from image_creator.errors import ImageCreatorError, OutputError, exit_code_for
+from image_creator.errors import ImageCreatorError, exit_code_for
 from image_creator.fetch import http
 from image_creator.options import Options
 from image_creator.report import Report, Timeline
@@ -27,6 +26,7 @@ from image_creator.ui.base import Reporter
 
 def run(options: Options, reporter: Reporter) -> None:
     """The whole run; with --report, its record is written whatever the outcome."""
+    check_report_path(options)  # before anything: a --report refused is not written either
     timeline = Timeline(reporter)
     record = Report(mode="check" if options.check else "build", config_source=options.config_src)
     try:
@@ -68,7 +68,7 @@ def _run(
         record=record,
         downloads=Downloads(cache),
     )
-    check_output_path(ctx)
+    check_output_path(options, ctx.config)
     with timeline.step("Checking host"):
         problems = host_problems()
         if looking_only:
@@ -109,26 +109,6 @@ def _run(
         with timeline.step("Tidying the cache"):
             for eviction in cache.evict(protected=[use.key for use in uses]):
                 reporter.info(f"evicted {describe(eviction)}")
-
-
-def check_output_path(ctx: Context) -> None:
-    output = ctx.options.output
-    if output is None:
-        return
-    if output.is_dir():
-        raise OutputError(f"{output}: OUTPUT is a directory; give an image file path")
-    if not output.absolute().parent.is_dir():
-        raise OutputError(f"{output}: the folder {output.absolute().parent} does not exist")
-    base_url = urlsplit(ctx.config.base.url)
-    if base_url.scheme == "file":
-        base_path = Path(url2pathname(base_url.path))
-        if output.resolve() == base_path.resolve():
-            raise OutputError(f"{output}: OUTPUT is the base image itself")
-    if output.exists() and not ctx.options.overwrite:
-        raise OutputError(
-            f"{output}: already exists",
-            hint="pass -X/--overwrite to replace it once the build succeeds",
-        )
 
 
 def report_sources(inventory: Inventory, reporter: Reporter) -> None:

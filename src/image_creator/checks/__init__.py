@@ -1,0 +1,1 @@
+"""Checks run before anything is built; each raises the error the build would end with."""
