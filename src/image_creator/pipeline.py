@@ -20,7 +20,7 @@ from image_creator.steps.cache import cache_uses, forecast, open_cache, report_f
 from image_creator.steps.host import ensure_host_ready, host_problems
 from image_creator.steps.output import default_build_dir
 from image_creator.steps.sizes import ensure_space, plan_sizes, space_shortages
-from image_creator.steps.sources import Inventory, inspect_sources
+from image_creator.steps.sources import Inventory, SizeFrom, inspect_sources
 from image_creator.ui.base import Reporter
 
 
@@ -128,7 +128,12 @@ def report_sources(inventory: Inventory, reporter: Reporter) -> None:
         sized = format_size(source.expanded_size)
         if entry.via.is_archive and source.download_size is not None:
             sized = f"{format_size(source.download_size)} {entry.via.value}, {sized} expanded"
+        if entry.via.is_archive or source.size_from is SizeFrom.DECLARED:
+            sized += f" (size from {source.size_from}"
+            sized += f"; {source.size_note})" if source.size_note else ")"
         reporter.info(f"{entry.to} <- {origin}: {sized}")
+        for warning in source.warnings:
+            reporter.warning(warning)
 
 
 def report_sizes(ctx: Context) -> None:

@@ -131,7 +131,10 @@ class Report:
                     "via": entry.via.value,
                     "download_size": source.download_size,
                     "planned_size": source.expanded_size,
+                    "size_from": source.size_from.value,
+                    "archive_size": source.archive_size,
                     "bytes_written": done.bytes_written if done else None,
+                    "junk_skipped": done.junk_skipped if done else None,
                     "checksum": _checksum(entry.checksum is not None, done is not None),
                     "from_cache": done.from_cache if done else None,
                 }

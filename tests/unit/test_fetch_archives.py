@@ -132,11 +132,14 @@ def test_tar_stream_extracts_exact_content(dest: Path, compression: TarCompressi
         OneWayStream(archive),
         dest,
         compression=compression,
-        max_bytes=GOOD_SIZE,
         on_progress=progress.append,
     )
     assert tree(dest) == GOOD_TREE
-    assert written == sum(progress) == GOOD_SIZE
+    assert written.bytes_written == sum(progress) == GOOD_SIZE
+    # readme, run.sh, file.txt, through.txt, two symlinks, one hard link
+    assert written.files_created == 7
+    assert written.directories_created == 4  # docs, nested, nested/deeper, via-link
+    assert written.junk_skipped == 0
     readme = dest / "docs" / "readme.txt"
     assert readme.stat().st_ino == (dest / "docs" / "hard").stat().st_ino
     assert readme.stat().st_mtime == MTIME
@@ -157,7 +160,7 @@ def test_tar_stream_is_read_to_its_end_so_the_digest_covers_the_file(
     archive = compress(plain, compression)
     hasher = new_hasher("sha-256")
     stream = HashingReader(OneWayStream(archive), hasher)
-    extract_tar_stream(stream, dest, compression=compression, max_bytes=None)
+    extract_tar_stream(stream, dest, compression=compression)
     assert stream.bytes_read == len(archive)
     assert hasher.hexdigest() == hashlib.sha256(archive).hexdigest()
     assert tree(dest) == {"a.txt": "a" * 100}
@@ -168,23 +171,17 @@ def test_multistream_bz2_tar(dest: Path) -> None:
     plain = build_tar([Member("big.txt", b"x" * 50_000), Member("small.txt", b"y")])
     half = len(plain) // 2
     archive = bz2.compress(plain[:half]) + bz2.compress(plain[half:])
-    extract_tar_stream(OneWayStream(archive), dest, compression="bz2", max_bytes=None)
+    extract_tar_stream(OneWayStream(archive), dest, compression="bz2")
     assert tree(dest) == {"big.txt": "x" * 50_000, "small.txt": "y"}
 
 
-def test_tar_over_max_bytes_stops(dest: Path) -> None:
-    archive = build_tar([Member("one", b"1" * 600), Member("two", b"2" * 600)], "gz")
-    with pytest.raises(SourceError) as caught:
-        extract_tar_stream(OneWayStream(archive), dest, compression="gz", max_bytes=1000)
-    assert "'two'" in str(caught.value)
-    assert "1000 bytes" in str(caught.value)
-    assert "http://example.org/archive" in str(caught.value)
-    assert tree(dest) == {"one": "1" * 600}
-
-
-def test_tar_exactly_max_bytes_passes(dest: Path) -> None:
-    archive = build_tar([Member("one", b"1" * 600), Member("two", b"2" * 400)])
-    assert extract_tar_stream(OneWayStream(archive), dest, compression="", max_bytes=1000) == 1000
+def test_tar_expands_as_far_as_its_members_go(dest: Path) -> None:
+    """No cap from the archive's own size: a compressible tar.gz expands in full."""
+    archive = build_tar([Member("one", b"1" * 600_000), Member("two", b"2" * 400_000)], "gz")
+    assert len(archive) < 10_000
+    result = extract_tar_stream(OneWayStream(archive), dest, compression="gz")
+    assert result.bytes_written == 1_000_000
+    assert tree(dest) == {"one": "1" * 600_000, "two": "2" * 400_000}
 
 
 @pytest.mark.parametrize(
@@ -217,9 +214,7 @@ def test_tar_exactly_max_bytes_passes(dest: Path) -> None:
 def test_tar_unsafe_members_are_refused(dest: Path, members: list[Member], reason: str) -> None:
     archive = build_tar([Member("fine.txt", b"fine"), *members])
     with pytest.raises(SourceError) as caught:
-        extract_tar_stream(
-            OneWayStream(archive), dest, compression="", max_bytes=None, source="http://h/a.tar"
-        )
+        extract_tar_stream(OneWayStream(archive), dest, compression="", source="http://h/a.tar")
     message = str(caught.value)
     assert message.startswith("http://h/a.tar: member ")
     assert reason in message
@@ -238,7 +233,7 @@ def test_tar_link_chain_that_later_escapes_is_refused(dest: Path) -> None:
         ]
     )
     with pytest.raises(SourceError, match="'s/outside/evil': path goes through a link"):
-        extract_tar_stream(OneWayStream(archive), dest, compression="", max_bytes=None)
+        extract_tar_stream(OneWayStream(archive), dest, compression="")
 
 
 def test_tar_hardlink_to_a_file_not_from_the_archive_is_refused(dest: Path) -> None:
@@ -246,7 +241,7 @@ def test_tar_hardlink_to_a_file_not_from_the_archive_is_refused(dest: Path) -> N
     (dest / "preexisting").write_text("not yours")
     archive = build_tar([Member("steal", kind=tarfile.LNKTYPE, linkname="preexisting")])
     with pytest.raises(SourceError, match="not a file extracted from this archive"):
-        extract_tar_stream(OneWayStream(archive), dest, compression="", max_bytes=None)
+        extract_tar_stream(OneWayStream(archive), dest, compression="")
 
 
 def test_tar_member_replaces_a_symlink_instead_of_writing_through_it(dest: Path) -> None:
@@ -257,7 +252,7 @@ def test_tar_member_replaces_a_symlink_instead_of_writing_through_it(dest: Path)
             Member("link", b"replaced"),
         ]
     )
-    extract_tar_stream(OneWayStream(archive), dest, compression="", max_bytes=None)
+    extract_tar_stream(OneWayStream(archive), dest, compression="")
     assert tree(dest) == {"link": "replaced", "target.txt": "original"}
 
 
@@ -269,15 +264,12 @@ def test_truncated_tar_is_a_source_error(dest: Path, compression: TarCompression
             OneWayStream(archive[: len(archive) // 2]),
             dest,
             compression=compression,
-            max_bytes=None,
         )
 
 
 def test_not_a_tar_is_a_source_error(dest: Path) -> None:
     with pytest.raises(SourceError, match="invalid or truncated archive"):
-        extract_tar_stream(
-            OneWayStream(b"<html>404</html>"), dest, compression="gz", max_bytes=None
-        )
+        extract_tar_stream(OneWayStream(b"<html>404</html>"), dest, compression="gz")
 
 
 # zip -----------------------------------------------------------------------
@@ -317,7 +309,7 @@ def test_zip_extracts_exact_content(dest: Path) -> None:
         ],
     )
     try:
-        written = extract_zip(archive, dest, max_bytes=100, on_progress=progress.append)
+        written = extract_zip(archive, dest, on_progress=progress.append)
     finally:
         archive.unlink()
     assert tree(dest) == {
@@ -327,7 +319,8 @@ def test_zip_extracts_exact_content(dest: Path) -> None:
         "site/index.html": "<h1>hi</h1>",
         "site/tool": "#!/bin/sh\n",
     }
-    assert written == sum(progress) == len("<h1>hi</h1>#!/bin/sh\nwindows")
+    assert written.bytes_written == sum(progress) == len("<h1>hi</h1>#!/bin/sh\nwindows")
+    assert (written.files_created, written.directories_created) == (4, 1)
     assert stat.S_IMODE((dest / "site" / "tool").stat().st_mode) == 0o755
     assert stat.S_IMODE((dest / "no-unix-mode.txt").stat().st_mode) == 0o644
     zip_time = time.mktime((2024, 1, 2, 3, 4, 6, 0, 0, -1))
@@ -351,7 +344,7 @@ def test_zip_unsafe_members_are_refused(
     archive = build_zip(dest.parent / "bad.zip", [("fine.txt", b"fine"), *entries])
     try:
         with pytest.raises(SourceError) as caught:
-            extract_zip(archive, dest, max_bytes=None, source="http://h/bad.zip")
+            extract_zip(archive, dest, source="http://h/bad.zip")
     finally:
         archive.unlink()
     assert str(caught.value).startswith("http://h/bad.zip: member ")
@@ -369,17 +362,87 @@ def test_zip_absolute_name_is_refused_even_if_zipfile_would_strip_it(dest: Path)
     archive.write_bytes(raw)
     try:
         with pytest.raises(SourceError, match="absolute path refused"):
-            extract_zip(archive, dest, max_bytes=None)
+            extract_zip(archive, dest)
     finally:
         archive.unlink()
     assert tree(dest) == {}
 
 
-def test_zip_over_max_bytes_writes_nothing(dest: Path) -> None:
-    archive = build_zip(dest.parent / "big.zip", [("one", b"1" * 600), ("two", b"2" * 600)])
+def test_zip_member_longer_than_its_recorded_size_is_refused(dest: Path) -> None:
+    archive = dest.parent / "liar.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as output:
+        output.writestr("fine.txt", b"fine")
+        output.writestr("liar.bin", b"A" * 1000)
+    raw = bytearray(archive.read_bytes())
+    # say 10 bytes where there are 1000, in the local header and in the central directory
+    # (sizes at +22 and +24 of each); the data and its CRC stay those of the 1000 bytes
+    local = raw.index(b"PK\x03\x04" + bytes(raw[4:6]), raw.index(b"A" * 1000) - 60)
+    central = raw.rindex(b"PK\x01\x02")
+    for offset in (local + 22, central + 24):
+        assert int.from_bytes(raw[offset : offset + 4], "little") == 1000
+        raw[offset : offset + 4] = (10).to_bytes(4, "little")
+    archive.write_bytes(bytes(raw))
     try:
-        with pytest.raises(SourceError, match=r"expands to 1200 bytes, more than .* 1000 bytes"):
-            extract_zip(archive, dest, max_bytes=1000)
+        assert zipfile.ZipFile(archive).getinfo("liar.bin").file_size == 10
+        with pytest.raises(SourceError) as caught:
+            extract_zip(archive, dest, source="http://h/liar.zip")
     finally:
         archive.unlink()
-    assert tree(dest) == {}
+    assert str(caught.value).startswith("http://h/liar.zip: member 'liar.bin': ")
+    assert not (dest / "liar.bin").exists() or (dest / "liar.bin").stat().st_size <= 10
+
+
+# junk ----------------------------------------------------------------------
+
+JUNK = {
+    "__MACOSX/": b"",
+    "__MACOSX/site/": b"",
+    "__MACOSX/site/._index.html": b"\x00\x05\x16\x07resource fork",
+    "site/.DS_Store": b"\x00\x00\x00\x01Bud1",
+    "site/._index.html": b"\x00\x05\x16\x07",
+    "site/Thumbs.db": b"thumbs",
+    "site/img/THUMBS.DB": b"thumbs",
+    "site/Desktop.ini": b"[.ShellClassInfo]",
+}
+KEPT = {
+    "site/index.html": b"<h1>hi</h1>",
+    "site/img/logo.svg": b"<svg/>",
+    "site/._folder/kept.txt": b"a folder named ._x is no AppleDouble file",
+    "site/notes.ds_store.txt": b"only the exact names are junk",
+}
+JUNK_KINDS = (".DS_Store", "._*", "Thumbs.db", "__MACOSX", "desktop.ini")
+
+
+def test_zip_junk_is_skipped_and_counted(dest: Path) -> None:
+    archive = dest.parent / "junk.zip"
+    with zipfile.ZipFile(archive, "w") as output:
+        for name, data in {**JUNK, **KEPT}.items():
+            output.writestr(name, data)
+    try:
+        result = extract_zip(archive, dest)
+    finally:
+        archive.unlink()
+    files = {key: value for key, value in tree(dest).items() if value != "dir"}
+    assert files == {name: data.decode() for name, data in KEPT.items()}
+    assert result.junk_skipped == len(JUNK)
+    assert result.junk_kinds == JUNK_KINDS
+    assert result.bytes_written == sum(map(len, KEPT.values()))
+
+
+def test_tar_junk_is_skipped_and_counted(dest: Path) -> None:
+    members = [
+        Member(name, kind=tarfile.DIRTYPE) if name.endswith("/") else Member(name, data)
+        for name, data in {**JUNK, **KEPT}.items()
+    ]
+    # a hard link to a skipped member is skipped with it
+    members.append(Member("site/ds-link", kind=tarfile.LNKTYPE, linkname="site/.DS_Store"))
+    archive = build_tar(members, "gz")
+    hasher = new_hasher("sha-256")
+    stream = HashingReader(OneWayStream(archive), hasher)
+    result = extract_tar_stream(stream, dest, compression="gz")
+    files = {key: value for key, value in tree(dest).items() if value != "dir"}
+    assert files == {name: data.decode() for name, data in KEPT.items()}
+    assert result.junk_skipped == len(JUNK)
+    assert result.junk_kinds == JUNK_KINDS
+    # skipped content is still read: the digest covers the whole archive
+    assert hasher.hexdigest() == hashlib.sha256(archive).hexdigest()

@@ -3,31 +3,55 @@
 Downloads stream straight onto the partition under a temporary name, hashed on the fly (and
 copied into the cache on the way when it keeps them); tar archives are extracted while they
 download; a zip (which needs random access) is spooled once next to its destination. Nothing
-takes its final name before its checksum matched. A cache hit of a plain file whose checksum
-is already known is copied by the kernel.
+takes its final name before its checksum matched. A cache hit of a plain file without a
+checksum is copied by the kernel.
+
+An archive expands as far as the data partition has room: the config's ``size`` sized the
+image, it does not stop the extraction. Running out of space or inodes is one clear error
+naming the entry; junk members (``__MACOSX/``, ``.DS_Store``, ...) are skipped and told.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from image_creator.cache.downloads import Downloads, Fetched, copy_file
 from image_creator.config.model import Checksum, FileEntry, Via
-from image_creator.fetch.archives import extract_tar_stream, extract_zip
+from image_creator.errors import BuildError, os_reason
+from image_creator.fetch.archives import ExtractResult, NoRoomError, extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
+from image_creator.fetch.extractor import free_inodes
 from image_creator.steps.placement import CancellableReader, Readable, destination, staged
 from image_creator.steps.sources import FileSource
 from image_creator.ui.base import Reporter
 
 CHUNK = 1024 * 1024
+# Below this much free space (or with no inode left), an ENOSPC is the data partition's: the
+# same error may come from the cache volume, written to while downloading.
+_NEARLY_FULL = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class PlacedFile:
     bytes_written: int
     from_cache: bool
+    junk_skipped: int = 0  # archive members left out as junk (__MACOSX/, .DS_Store, ...)
+    junk_kinds: tuple[str, ...] = ()  # which junk: "__MACOSX", ".DS_Store", "._*", ...
+
+    @staticmethod
+    def extracted(result: ExtractResult, from_cache: bool) -> PlacedFile:
+        return PlacedFile(
+            result.bytes_written,
+            from_cache,
+            junk_skipped=result.junk_skipped,
+            junk_kinds=result.junk_kinds,
+        )
 
 
 def place_file(
@@ -38,7 +62,66 @@ def place_file(
     downloads: Downloads,
     reporter: Reporter,
 ) -> PlacedFile:
-    """Put one config file entry in place under ``root``."""
+    """Put one config file entry in place under ``root``.
+
+    Raises BuildError "no room on the data partition for ..." (or "out of inodes ...") when
+    the data partition fills up, whatever filled it.
+    """
+    entry = source.entry
+    with _room_on(root, entry):
+        placed = _place(source, root, cancelled, downloads=downloads, reporter=reporter)
+    if placed.junk_skipped:
+        kinds = ", ".join(placed.junk_kinds)
+        reporter.info(f"{entry.to}: skipped {placed.junk_skipped} junk entries ({kinds})")
+    return placed
+
+
+@contextmanager
+def _room_on(root: Path, entry: FileEntry) -> Iterator[None]:
+    """Turn a full data partition (space or inodes) into one clear BuildError."""
+    origin = entry.url if entry.url is not None else "inline content"
+    free_before = free_inodes(root)
+    try:
+        yield
+    except NoRoomError as exc:
+        if exc.inodes:
+            free = exc.free_inodes if exc.free_inodes is not None else free_before
+            raise BuildError(
+                f"out of inodes on the data partition: {entry.to} needs more than "
+                f"{exc.needs_more_than} inodes ({free} free)"
+            ) from exc
+        raise BuildError(
+            f"no room on the data partition for {entry.to} ({origin}): {exc.reason}"
+        ) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _nearly_full(root):
+            raise
+        if exc.errno == errno.ENOSPC and free_inodes(root) == 0:
+            raise BuildError(
+                f"out of inodes on the data partition: {entry.to} needs more inodes "
+                f"({free_before} free)"
+            ) from exc
+        raise BuildError(
+            f"no room on the data partition for {entry.to} ({origin}): {os_reason(exc)}"
+        ) from exc
+
+
+def _nearly_full(root: Path) -> bool:
+    try:
+        fs = os.statvfs(root)
+    except OSError:
+        return True
+    return fs.f_bfree * fs.f_frsize < _NEARLY_FULL or (fs.f_files > 0 and fs.f_ffree == 0)
+
+
+def _place(
+    source: FileSource,
+    root: Path,
+    cancelled: threading.Event,
+    *,
+    downloads: Downloads,
+    reporter: Reporter,
+) -> PlacedFile:
     entry = source.entry
     target = destination(root, entry.relative_to_data)
     if entry.content is not None:
@@ -84,30 +167,26 @@ def place_file(
                     _drain(reader)
                     verify()
                 with staged(target, directory=True) as staging:
-                    written = extract_zip(archive, staging, max_bytes=entry.size, source=url)
-                return PlacedFile(written, fetched.from_cache)
+                    result = extract_zip(archive, staging, source=url)
+                return PlacedFile.extracted(result, fetched.from_cache)
             finally:
                 if fetched.cached_path is None:
                     archive.unlink(missing_ok=True)
         with staged(target, directory=True) as staging:
-            written = extract_tar_stream(
+            result = extract_tar_stream(
                 reader,
                 staging,
                 compression=entry.via.tar_compression,  # type: ignore[arg-type]
-                max_bytes=entry.size,
                 source=url,
             )
             verify()
-        return PlacedFile(written, fetched.from_cache)
+        return PlacedFile.extracted(result, fetched.from_cache)
 
 
 def _known_good(fetched: Fetched, checksum: Checksum | None, expected: str | None) -> bool:
-    """A cache hit whose content needs no hashing: no checksum asked, or already verified."""
-    if not fetched.from_cache:
-        return False
-    if checksum is None:
-        return True
-    return fetched.known_digests.get(checksum.algo.value) == expected
+    """A cache hit whose content needs no hashing: no checksum asked. A checksum is verified
+    on the bytes as they are read: the cache's metadata cannot vouch for them."""
+    return fetched.from_cache and checksum is None
 
 
 def _write_content(entry: FileEntry, content: bytes, target: Path, expected: str | None) -> int:

@@ -12,6 +12,7 @@ import lzma
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import TypeVar
 
 from image_creator.cache.downloads import version_of
@@ -29,6 +30,7 @@ from image_creator.config.model import (
 from image_creator.config.units import format_size
 from image_creator.errors import SourceError
 from image_creator.fetch import http, oci
+from image_creator.fetch.archive_probe import ArchiveFacts, inspect_archive
 from image_creator.fetch.checksums import parse_checksum_text
 from image_creator.fetch.http import RemoteInfo
 from image_creator.system.partitions import MBR_SECTOR_SIZE, PartitionTable, parse_mbr
@@ -69,14 +71,29 @@ class ImageSource:
     remote: RemoteInfo | None = None  # for images downloaded from a url
 
 
+class SizeFrom(StrEnum):
+    """Where a file entry's planned size comes from."""
+
+    DECLARED = "declared"  # the config's `size` (for an archive: the larger, or the only one)
+    ARCHIVE = "archive"  # read from the archive itself (larger than `size`, or no `size`)
+    BOTH = "both"  # the config's `size` and the archive agree
+    SERVER = "server"  # the size the server announces (for an archive: its own size)
+    CONTENT = "content"  # inline content
+
+
 @dataclass(frozen=True)
 class FileSource:
     entry: FileEntry
     remote: RemoteInfo | None  # None for content entries
     expanded_size: int  # bytes it occupies once written or extracted
     expected: str | None = None  # the checksum's digest (read once, even from its URL)
-    # filesystem entries (inodes) it creates: 1 for a file; an archive's members, when known
+    # filesystem entries (inodes) it creates: 1 for a file; for an archive whose members are
+    # listed (zip), its members, implied folders and the destination folder
     entries: int = 1
+    size_from: SizeFrom = SizeFrom.SERVER
+    archive_size: int | None = None  # what the archive says it expands to, when it does
+    size_note: str | None = None  # why the archive's expanded size is unknown
+    warnings: tuple[str, ...] = ()  # for the user; the check goes on
 
     @property
     def download_size(self) -> int | None:
@@ -225,7 +242,11 @@ def inspect_file(entry: FileEntry, label: str) -> FileSource:
     expected = expected_digest(entry.checksum) if entry.checksum is not None else None
     if entry.content is not None:
         return FileSource(
-            entry=entry, remote=None, expanded_size=len(entry.content), expected=expected
+            entry=entry,
+            remote=None,
+            expanded_size=len(entry.content),
+            expected=expected,
+            size_from=SizeFrom.CONTENT,
         )
     if entry.url is None:  # the loader guarantees a url or a content
         raise SourceError(f"{label}: neither url nor content")
@@ -234,18 +255,63 @@ def inspect_file(entry: FileEntry, label: str) -> FileSource:
     if entry.size is None and download_size is None:
         raise SourceError(f"{entry.url}: the server gives no size; set {label}.size")
     if entry.via.is_archive:
-        if entry.size is not None and download_size is not None and entry.size < download_size:
-            raise SourceError(
-                f"{label}.size: {format_size(entry.size)} is less than the archive itself "
-                f"({format_size(download_size)} at {entry.url}); give the expanded size"
-            )
-        expanded = entry.size if entry.size is not None else download_size
+        facts = inspect_archive(
+            entry.url, entry.via, download_size, accepts_ranges=info.accepts_ranges
+        )
+        return _archive_source(entry, label, info, facts, expected)
+    if entry.size is not None and download_size is not None and entry.size != download_size:
+        raise SourceError(
+            f"{entry.url}: the server announces {download_size} bytes "
+            f"but {label}.size says {entry.size}"
+        )
+    if download_size is not None:
+        expanded, size_from = download_size, SizeFrom.SERVER
     else:
-        if entry.size is not None and download_size is not None and entry.size != download_size:
-            raise SourceError(
-                f"{entry.url}: the server announces {download_size} bytes "
-                f"but {label}.size says {entry.size}"
+        assert entry.size is not None  # one of both is known, checked above
+        expanded, size_from = entry.size, SizeFrom.DECLARED
+    return FileSource(
+        entry=entry, remote=info, expanded_size=expanded, expected=expected, size_from=size_from
+    )
+
+
+def _archive_source(
+    entry: FileEntry, label: str, info: RemoteInfo, facts: ArchiveFacts, expected: str | None
+) -> FileSource:
+    """The larger of the declared ``size`` and what the archive says, when both are known.
+
+    Generated configs give the archive's download size as ``size``: below what it expands
+    to, it is a warning, not an error (the image is sized for the archive's figure).
+    """
+    declared, found = entry.size, facts.expanded
+    warnings: tuple[str, ...] = ()
+    if declared is not None and found is not None:
+        expanded = max(declared, found)
+        if declared == found:
+            size_from = SizeFrom.BOTH
+        elif declared > found:
+            size_from = SizeFrom.DECLARED
+        else:
+            size_from = SizeFrom.ARCHIVE
+            warnings = (
+                f"{label}.size: {format_size(declared)} ({declared} bytes) is less than "
+                f"{entry.url} expands to, {format_size(found)} ({found} bytes); "
+                "the archive's size is used",
             )
-        expanded = download_size if download_size is not None else entry.size
-    assert expanded is not None  # one of both is known, checked above
-    return FileSource(entry=entry, remote=info, expanded_size=expanded, expected=expected)
+    elif declared is not None:
+        expanded, size_from = declared, SizeFrom.DECLARED
+    elif found is not None:
+        expanded, size_from = found, SizeFrom.ARCHIVE
+    else:
+        assert info.size is not None  # with no declared size, the server gave one
+        expanded, size_from = info.size, SizeFrom.SERVER
+    return FileSource(
+        entry=entry,
+        remote=info,
+        expanded_size=expanded,
+        expected=expected,
+        entries=facts.entries + 1 if facts.entries is not None else 1,
+        size_from=size_from,
+        archive_size=found,
+        size_note=facts.note,
+        warnings=warnings,
+    )
