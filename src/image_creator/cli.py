@@ -11,7 +11,7 @@ from typing import NoReturn
 
 from image_creator.__about__ import __version__
 from image_creator.config.units import UnitError, parse_size
-from image_creator.errors import ExitCode, ImageCreatorError, exit_code_for
+from image_creator.errors import ExitCode, ImageCreatorError, exit_code_for, one_line
 from image_creator.options import DEFAULT_CONCURRENCY, Options
 from image_creator.pipeline import run
 from image_creator.system import signals
@@ -164,9 +164,9 @@ def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None)
         if options.debug:
             logger.exception("failed")
         for line in exc.lines():
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {one_line(line)}", file=sys.stderr)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+            print(f"hint: {one_line(exc.hint)}", file=sys.stderr)
         return int(exit_code_for(exc))
     except KeyboardInterrupt as exc:
         print("error: interrupted", file=sys.stderr)
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None)
     except Exception as exc:  # a bug: still one line, the traceback only with --debug
         if options.debug:
             logger.exception("unexpected error")
-        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"error: unexpected {type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
         print("hint: run again with --debug for the traceback, and report it", file=sys.stderr)
         return int(exit_code_for(exc))
     finally:

@@ -96,6 +96,18 @@ class CommandError(BuildError):
         super().__init__(message)
 
 
+# A message line longer than this is cut: an input can be made to produce any length.
+MAX_LINE = 500
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` on one line (line breaks and runs of blanks folded), at most ``limit``
+    characters, with non-printable characters escaped."""
+    folded = " ".join(text.split())
+    printable = "".join(c if c.isprintable() else repr(c)[1:-1] for c in folded)
+    return printable if len(printable) <= limit else printable[: limit - 1] + "…"
+
+
 def tail_lines(text: str, lines: int = 5) -> str:
     """The last non-blank ``lines`` of a command's output, on one line."""
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())

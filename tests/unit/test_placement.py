@@ -9,7 +9,13 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from image_creator.errors import BuildError
-from image_creator.steps.placement import destination, placement_rounds, run_in_rounds, staged
+from image_creator.steps.placement import (
+    destination,
+    placement_rounds,
+    run_in_rounds,
+    staged,
+    temporary_sibling,
+)
 
 
 def test_a_file_replaces_a_folder_and_a_folder_a_file(tmp_path: Path) -> None:
@@ -123,3 +129,14 @@ def test_run_in_rounds_keeps_task_order_and_runs_rounds_in_sequence() -> None:
     tasks = [task(name) for name in ("a", "b", "c", "d")]
     assert run_in_rounds(tasks, [[3], [0, 2], [1]], workers=2) == ["A", "B", "C", "D"]
     assert started[0] == "d" and started[-1] == "b"
+
+
+def test_a_temporary_name_fits_even_for_the_longest_names(tmp_path: Path) -> None:
+    for name in ("a" * 255, "é" * 127, "short.zim"):
+        staging = temporary_sibling(tmp_path / name)
+        assert len(staging.name.encode()) <= 255
+        assert staging.name.startswith(f".{name[:8]}") and staging.name.endswith(".part")
+        staging.write_text("fits")  # the filesystem agrees
+    with staged(tmp_path / ("b" * 255)) as staging:
+        staging.write_text("x")
+    assert (tmp_path / ("b" * 255)).read_text() == "x"

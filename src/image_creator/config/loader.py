@@ -35,7 +35,7 @@ from image_creator.config.model import (
     Via,
 )
 from image_creator.config.units import SECTOR_SIZE, UnitError, parse_size, round_up
-from image_creator.errors import ConfigError, os_reason
+from image_creator.errors import ConfigError, one_line, os_reason
 from image_creator.fetch.checksums import HEX_LENGTHS
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 _E = TypeVar("_E", Via, ChecksumAlgo, ChecksumKind)
 REMOTE_SCHEMES = ("http", "https")
 URL_SCHEMES = (*REMOTE_SCHEMES, "file")
+NAME_MAX = 255  # bytes in one file name on ext4
 VERSION_PATTERN = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 
 
@@ -53,6 +54,9 @@ class LoadedConfig:
     sha256: str = ""  # of the config text as read
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key given twice in one mapping."""
 
@@ -60,15 +64,22 @@ class _StrictLoader(yaml.SafeLoader):
 def _construct_mapping_no_duplicates(
     loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
 ) -> dict[Any, Any]:
+    """A mapping whose own keys are distinct and hashable. Merge keys (``<<: *defaults``, as
+    compose files use them) are standard YAML: what they bring may be overridden."""
     seen: dict[Any, yaml.Node] = {}
     for key_node, _ in node.value:
+        if key_node.tag == MERGE_TAG:
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        problem = None
+        try:
+            if key in seen:
+                problem = f"duplicate key {key!r}"
+        except TypeError:
+            problem = f"a {type(key).__name__} cannot be a key"
+        if problem is not None:
             raise yaml.constructor.ConstructorError(
-                "while reading a mapping",
-                node.start_mark,
-                f"duplicate key {key!r}",
-                key_node.start_mark,
+                "while reading a mapping", node.start_mark, problem, key_node.start_mark
             )
         seen[key] = key_node
     return loader.construct_mapping(node, deep=deep)
@@ -89,7 +100,12 @@ def parse_yaml(text: str, label: str) -> Any:
         where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
         raise ConfigError([f"{where}: invalid YAML: {exc.problem}"]) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{label}: invalid YAML: {exc}"]) from exc
+        raise ConfigError([f"{label}: invalid YAML: {one_line(str(exc))}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{label}: invalid YAML: nested too deeply"]) from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors: an int of over 4300 digits, a bad !!timestamp, !!binary...
+        raise ConfigError([f"{label}: invalid YAML: {one_line(str(exc))}"]) from exc
 
 
 @dataclass
@@ -103,10 +119,10 @@ class _Reader:
     warnings: list[str] = field(default_factory=list)
 
     def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{self.label}: {path}: {message}")
+        self.problems.append(one_line(f"{self.label}: {path}: {message}"))
 
     def warn(self, path: str, message: str) -> None:
-        self.warnings.append(f"{self.label}: {path}: {message}")
+        self.warnings.append(one_line(f"{self.label}: {path}: {message}"))
 
     def check_keys(self, path: str, mapping: Mapping[str, Any], known: tuple[str, ...]) -> None:
         for key in mapping:
@@ -124,10 +140,14 @@ class _Reader:
         return None
 
     def string(self, path: str, value: Any) -> str | None:
-        if isinstance(value, str) and value.strip():
-            return value.strip()
-        self.problem(path, f"expected a non-empty string, got {_kind(value)}")
-        return None
+        if not isinstance(value, str) or not value.strip():
+            self.problem(path, f"expected a non-empty string, got {_kind(value)}")
+            return None
+        problem = text_problem(value)
+        if problem is not None:
+            self.problem(path, problem)
+            return None
+        return value.strip()
 
     def size(self, path: str, value: Any) -> int | None:
         try:
@@ -157,9 +177,14 @@ class _Reader:
         text = self.string(path, value)
         if text is None:
             return None
-        scheme = urlsplit(text).scheme.lower()
+        try:
+            parts = urlsplit(text)
+        except ValueError as exc:
+            self.problem(path, f"not a valid URL ({exc}): {text}")
+            return None
+        scheme = parts.scheme.lower()
         if scheme in URL_SCHEMES:
-            if scheme in REMOTE_SCHEMES and not urlsplit(text).netloc:
+            if scheme in REMOTE_SCHEMES and not parts.netloc:
                 self.problem(path, f"URL without a host: {text}")
                 return None
             return text
@@ -168,7 +193,11 @@ class _Reader:
             return None
         if self.base_url is not None and not text.startswith(("/", "~")):
             return urljoin(self.base_url, text)
-        return (self.base_dir / Path(text).expanduser()).resolve().as_uri()
+        try:
+            return (self.base_dir / Path(text).expanduser()).resolve().as_uri()
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.problem(path, f"not a usable path ({os_reason(exc)}): {text}")
+            return None
 
     def items(self, path: str, value: Any) -> list[Any]:
         if value is None:
@@ -179,6 +208,17 @@ class _Reader:
         return []
 
 
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be used as a name, URL or content (None when it can)."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (a lone surrogate)"
+    return None
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -187,9 +227,18 @@ def _kind(value: Any) -> str:
     )
 
 
-def _base_url_for_version(version: str) -> str:
+def _base_url_for_version(reader: _Reader, version: str) -> str | None:
     template = os.environ.get(BASE_URL_TEMPLATE_ENV) or DEFAULT_BASE_URL_TEMPLATE
-    return template.format(version=version)
+    try:
+        url = template.format(version=version)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        reader.problem(
+            "base",
+            f"{BASE_URL_TEMPLATE_ENV}={template!r} is not a URL template with {{version}} "
+            f"({type(exc).__name__}: {exc})",
+        )
+        return None
+    return reader.source_url("base", url)
 
 
 def _read_checksum(reader: _Reader, path: str, value: Any) -> Checksum | None:
@@ -235,12 +284,10 @@ def _read_base(reader: _Reader, value: Any) -> BaseImage | None:
             checksum = _read_checksum(reader, "base.checksum", value["checksum"])
     if isinstance(source, str) and VERSION_PATTERN.match(source.strip()):
         version = source.strip()
-        return BaseImage(
-            url=_base_url_for_version(version),
-            root_size=root_size,
-            checksum=checksum,
-            version=version,
-        )
+        release_url = _base_url_for_version(reader, version)
+        if release_url is None:
+            return None
+        return BaseImage(url=release_url, root_size=root_size, checksum=checksum, version=version)
     if isinstance(source, int | float) and not isinstance(source, bool):
         reader.problem(path, f"version {source!r} must be a full release number like 1.2.1")
         return None
@@ -309,6 +356,10 @@ def _destination(reader: _Reader, path: str, value: Any) -> PurePosixPath | None
     if normal == DATA_ROOT or DATA_ROOT not in normal.parents:
         reader.problem(path, f"must be inside {DATA_ROOT}: {text!r}")
         return None
+    too_long = [part for part in normal.parts if len(part.encode()) > NAME_MAX]
+    if too_long:
+        reader.problem(path, f"a name may have at most {NAME_MAX} bytes: {too_long[0][:40]}...")
+        return None
     return normal
 
 
@@ -338,7 +389,10 @@ def _read_file(reader: _Reader, path: str, value: Any) -> FileEntry | None:
         elif via is not None and via.is_archive:
             reader.problem(f"{path}.via", f"{via.value!r} needs a url; content is written as is")
         else:
-            content = raw_content.encode("utf-8")
+            try:
+                content = raw_content.encode("utf-8")
+            except UnicodeEncodeError:
+                reader.problem(f"{path}.content", "is not valid Unicode text (a lone surrogate)")
         if mapping.get("url") is not None:
             reader.warn(f"{path}.url", "ignored: content is given and wins over url")
     elif mapping.get("url") is not None:

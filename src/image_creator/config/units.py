@@ -8,6 +8,8 @@ from datetime import timedelta
 import humanfriendly
 
 SECTOR_SIZE = 512
+# The largest file size a 64-bit offset can express.
+MAX_SIZE = 2**63 - 1
 # humanfriendly reads units by their first letter ("12 parsecs" would be 12 PB): allow only
 # real units before handing the text over.
 _SIZE_PATTERN = re.compile(r"^\d+(?:\.\d+)?\s*(?:[kmgtpe](?:i?b)?|b|bytes?)?$", re.IGNORECASE)
@@ -21,19 +23,24 @@ def parse_size(value: object) -> int:
     """Bytes from an int or a size string: ``8G`` is 8*10^9, ``8GiB`` is 8*2^30."""
     if isinstance(value, bool):
         raise UnitError(f"expected a size like 8G or 8GiB, got {value!r}")
+    size: int | None = None
     if isinstance(value, int):
         if value < 0:
             raise UnitError(f"a size cannot be negative: {value}")
-        return value
-    if isinstance(value, str) and _SIZE_PATTERN.match(value.strip()):
+        size = value
+    elif isinstance(value, str) and len(value) < 64 and _SIZE_PATTERN.match(value.strip()):
         try:
-            size = humanfriendly.parse_size(value.strip(), binary=False)
+            parsed = humanfriendly.parse_size(value.strip(), binary=False)
         except humanfriendly.InvalidSize:
             pass
         else:
-            if size >= 0:
-                return int(size)
-    raise UnitError(f"expected a size like 8G or 8GiB, got {value!r}")
+            if parsed >= 0:
+                size = int(parsed)
+    if size is None:
+        raise UnitError(f"expected a size like 8G or 8GiB, got {str(value)[:40]!r}")
+    if size > MAX_SIZE:
+        raise UnitError(f"{str(value)[:40]} is larger than any file can be (8 EiB)")
+    return size
 
 
 _DURATION_UNITS = {

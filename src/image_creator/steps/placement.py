@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 from image_creator.errors import BuildError, Interrupted, os_reason
 
 _T = TypeVar("_T")
+NAME_MAX = 255  # bytes in one file name, on ext4 as on most filesystems
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -63,8 +64,15 @@ def _not_a_folder(name: str, parent: int, error: OSError) -> str:
 
 
 def temporary_sibling(target: Path, suffix: str = ".part") -> Path:
-    """A fresh hidden name next to ``target``, on the same filesystem so a rename is atomic."""
-    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}{suffix}")
+    """A fresh hidden name next to ``target``, on the same filesystem so a rename is atomic.
+
+    It starts with the target's name, cut short so that the whole stays within the 255 bytes
+    a name may have (a 250-byte name is valid; its temporary name must be too).
+    """
+    unique = f".{uuid.uuid4().hex[:8]}{suffix}"
+    room = NAME_MAX - 1 - len(unique.encode())
+    stem = target.name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
+    return target.with_name(f".{stem}{unique}")
 
 
 def remove(path: Path) -> None:
