@@ -368,3 +368,58 @@ def test_without_write_config_the_copies_paths_are_free() -> None:
         "files:\n- {to: /data/conf, url: http://a/c.zip, via: zip}\n"
     )
     assert [str(entry.to) for entry in with_copy.config.files] == ["/data/conf"]
+
+
+def test_yaml_merge_keys_work_as_in_compose_files(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "base: 1.2.1\n"
+        "offspot:\n"
+        "  containers:\n"
+        "    x-defaults: &defaults {restart: unless-stopped, pull_policy: never}\n"
+        "    services:\n"
+        "      kiwix: {<<: *defaults, image: 'ghcr.io/offspot/kiwix-serve:3.7.0'}\n"
+        "      files: {<<: *defaults, restart: always}\n"
+    )
+    services = load_config(str(path), read_url=lambda url: b"").config.offspot["containers"]
+    assert services["services"]["kiwix"]["restart"] == "unless-stopped"
+    assert services["services"]["files"] == {"restart": "always", "pull_policy": "never"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("? [a, b]\n: 1\nbase: 1.2.1\n", "invalid YAML: a list cannot be a key"),
+        ("base: 1.2.1\nx: " + "9" * 5000 + "\n", "invalid YAML: Exceeds the limit"),
+        ("x: " + "[" * 3000 + "]" * 3000 + "\n", "invalid YAML: nested too deeply"),
+        ("base: 1.2.1\nx: !!timestamp 2024-13-45\n", "invalid YAML: month must be in 1..12"),
+        ("base: 'http://[oops/base.img'\n", "base: not a valid URL (Invalid IPv6 URL)"),
+        ('base: 1.2.1\nfiles: [{to: "/data/a\\0b", content: x}]\n', "contains a NUL character"),
+        (
+            'base: 1.2.1\nfiles: [{to: /data/a, content: "\\ud800"}]\n',
+            "files[0].content: is not valid Unicode text",
+        ),
+        ("base: 1.2.1\noutput: {size: " + "9" * 45 + "}\n", "larger than any file can be"),
+        (
+            "base: 1.2.1\nfiles: [{to: /data/" + "n" * 256 + ", content: x}]\n",
+            "files[0].to: a name may have at most 255 bytes",
+        ),
+    ],
+)
+def test_inputs_that_used_to_crash_are_named_config_errors(
+    text: str, expected: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), read_url=lambda url: b"")
+    assert any(expected in line for line in info.value.lines()), info.value.lines()
+    assert all(len(line) <= 500 and "\n" not in line for line in info.value.lines())
+
+
+def test_a_broken_base_url_template_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(BASE_URL_TEMPLATE_ENV, "https://mirror/{release}.img")
+    assert problems("base: 1.2.1\n") == [
+        "cfg.yaml: base: IMAGE_CREATOR_BASE_URL_TEMPLATE='https://mirror/{release}.img' is not "
+        "a URL template with {version} (KeyError: 'release')"
+    ]
