@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -423,3 +426,40 @@ def test_a_broken_base_url_template_is_named(monkeypatch: pytest.MonkeyPatch) ->
         "cfg.yaml: base: IMAGE_CREATOR_BASE_URL_TEMPLATE='https://mirror/{release}.img' is not "
         "a URL template with {version} (KeyError: 'release')"
     ]
+
+
+def _bounded(function: Callable[[], object], seconds: float = 30) -> BaseException | None:
+    """Run ``function`` in a thread; fail the test if it blocks (a FIFO read would)."""
+    outcome: list[BaseException | None] = []
+
+    def call() -> None:
+        try:
+            function()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, "blocked: the read never returned"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_config_path_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
+    path = {"fifo": tmp_path / "config.fifo", "device": Path("/dev/zero"), "folder": tmp_path}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    error = _bounded(lambda: load_config(str(path), read_url=lambda url: b""))
+    assert isinstance(error, ConfigError)
+    expected = {"fifo": "a FIFO", "device": "a character device", "folder": "a directory"}[kind]
+    assert error.lines() == [f"{path}: cannot read config: is {expected}, not a regular file"]
+
+
+def test_a_config_over_16_mib_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    with path.open("wb") as file:
+        file.truncate(16 * 2**20 + 1)
+    with pytest.raises(ConfigError, match="cannot read config: larger than 16777216 bytes"):
+        load_config(str(path), read_url=lambda url: b"")

@@ -15,30 +15,19 @@ from urllib.request import url2pathname
 
 from image_creator.config.model import Config
 from image_creator.errors import OutputError
+from image_creator.localfile import describe_mode
 from image_creator.options import Options
 
 BUILD_FOLDER_PREFIX = ".image-creator-build-"
 
 
 def _kind(path: Path) -> str | None:
-    """What is at ``path`` (not following a link), or None when nothing is."""
+    """What is at ``path`` (not following a link): "file", a phrase, or None when nothing is."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return None
-    if stat.S_ISREG(mode):
-        return "file"
-    for test, name in (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISLNK, "a symbolic link"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
+    return "file" if stat.S_ISREG(mode) else describe_mode(mode)
 
 
 def check_output_path(options: Options, config: Config) -> None:

@@ -22,6 +22,7 @@ from docker_export import Image
 from image_creator.config.model import (
     BASE_URL_TEMPLATE_ENV,
     CONFIG_COPIES,
+    CONFIG_LIMIT,
     DATA_ROOT,
     DEFAULT_BASE_URL_TEMPLATE,
     IMAGES_DIR,
@@ -37,6 +38,7 @@ from image_creator.config.model import (
 from image_creator.config.units import SECTOR_SIZE, UnitError, parse_size, round_up
 from image_creator.errors import ConfigError, one_line, os_reason
 from image_creator.fetch.checksums import HEX_LENGTHS
+from image_creator.localfile import read_regular
 
 logger = logging.getLogger(__name__)
 
@@ -512,8 +514,8 @@ def load_config(source: str, *, read_url: Callable[[str], bytes]) -> LoadedConfi
     else:
         path = Path(source).expanduser()
         try:
-            raw = path.read_bytes()
-        except OSError as exc:
+            raw = read_regular(path, CONFIG_LIMIT)
+        except (OSError, ValueError) as exc:
             raise ConfigError([f"{source}: cannot read config: {os_reason(exc)}"]) from exc
         base_dir = path.resolve().parent
     try:

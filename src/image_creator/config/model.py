@@ -16,6 +16,8 @@ CONFIG_COPIES = (DATA_ROOT / "image.yaml", DATA_ROOT / "conf" / "image.yaml")  #
 OCI_PLATFORM = "linux/arm64/v8"
 DEFAULT_BASE_URL_TEMPLATE = "https://drive.offspot.it/base/offspot-base-arm64-{version}.img.xz"
 BASE_URL_TEMPLATE_ENV = "IMAGE_CREATOR_BASE_URL_TEMPLATE"
+# The largest config read: generated configs embed branding images (a few hundred KB).
+CONFIG_LIMIT = 16 * 2**20
 
 
 class Via(StrEnum):

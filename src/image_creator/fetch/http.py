@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import io
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -31,7 +32,9 @@ import urllib3.exceptions
 from urllib3.util.retry import Retry
 
 from image_creator.__about__ import __version__
-from image_creator.errors import SourceError
+from image_creator.config.model import CONFIG_LIMIT
+from image_creator.errors import SourceError, os_reason
+from image_creator.localfile import open_regular
 from image_creator.ui.base import ProgressCallback, no_progress
 
 logger = logging.getLogger(__name__)
@@ -44,8 +47,6 @@ DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 1.0  # seconds before the first retry, doubled for each following one
 MAX_BACKOFF = 60.0
 TEXT_LIMIT = 64 * 1024
-# Generated configs embed branding images as base64: a few hundred KB is common.
-CONFIG_LIMIT = 16 * 1024 * 1024
 
 Timeout = float | tuple[float, float]
 Sleep = Callable[[float], None]
@@ -334,20 +335,18 @@ def _instance_digest(response: requests.Response) -> str | None:
     return None
 
 
-def _open_local(url: str, path: Path) -> io.BufferedReader:
+def _open_local(url: str, path: Path) -> BinaryIO:
     try:
-        return path.open("rb")
+        return open_regular(path)
     except FileNotFoundError:
         raise SourceError(f"{url}: no such file") from None
-    except IsADirectoryError:
-        raise SourceError(f"{url}: is a directory, not a file") from None
     except OSError as exc:
-        raise SourceError(f"{url}: cannot read: {exc.strerror or exc}") from exc
+        raise SourceError(f"{url}: cannot read: {os_reason(exc)}") from exc
 
 
 def _probe_file(url: str, path: Path) -> RemoteInfo:
     with _open_local(url, path) as file:
-        stat = Path(file.name).stat()
+        stat = os.fstat(file.fileno())
     return RemoteInfo(
         url=url,
         size=stat.st_size,
