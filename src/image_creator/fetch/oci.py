@@ -1,7 +1,15 @@
 """OCI images: inspect in the registry (digest, sizes) and export for linux/arm64/v8.
 
-Pulling goes through docker-export (docker-load tar format). It does not verify layers,
-so every export is checked here against the image config's diff_ids.
+A registry is not trusted: every document and blob it serves is checked against the digest
+that names it before it is used, and every digest must be ``sha256:<64 hex digits>`` before
+anything is named after it or any request is made with it. The platform manifest must hash
+to the digest the index names, the image config to ``config.digest`` and each layer blob, as
+downloaded, to its layer digest; documents of the wrong shape are refused, naming the image.
+
+docker-export (which verifies nothing and names files after the manifest's digests) only
+lays out the docker-load tar: the documents and blobs are fetched and verified here, and
+the tar is verified once written (its config against ``config.digest``, its layers against
+the config's diff_ids).
 """
 
 from __future__ import annotations
@@ -9,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import tarfile
-import threading
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,14 @@ logger = logging.getLogger(__name__)
 
 GZIP_MEDIA_SUFFIXES = ("gzip", "tar.gzip", "+gzip")
 PLAIN_TAR_MEDIA_SUFFIXES = (".tar", "layer.v1.tar")
+INDEX_MEDIA_TYPES = ", ".join((docker_export.CT_DOCKER_MANIFEST_LIST, docker_export.CT_OCI_INDEXES))
+MANIFEST_MEDIA_TYPES = ", ".join((docker_export.CT_DOCKER_MANIFEST, docker_export.CT_OCI_MANIFEST))
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# The distribution spec lets registries refuse manifests over 4 MiB; configs are small too.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+_CHUNK = 1024 * 1024
+_SHOWN = 80  # characters of a registry's value quoted in an error
 # Upper bound for what docker-export adds around the layers: a tar header for each member,
 # each layer's VERSION and json, manifest.json, repositories, and the end-of-archive blocks.
 _EXPORT_OVERHEAD_PER_LAYER = 8 * 1024
@@ -61,6 +78,25 @@ class RemoteImage:
         )
 
 
+@dataclass(frozen=True)
+class Descriptor:
+    """A blob as a manifest names it; ``digest`` is well-formed."""
+
+    digest: str
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class PlatformManifest:
+    """The linux/arm64/v8 manifest, verified against ``digest`` and read."""
+
+    digest: str
+    document: dict[str, Any]  # as served (docker-export copies it into the last layer's json)
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+
 def platform() -> Platform:
     return Platform.parse(OCI_PLATFORM)
 
@@ -79,61 +115,253 @@ def _describe(exc: Exception) -> str:
     return text or type(exc).__name__
 
 
-def _platform_manifest(image: Image, auth: RegistryAuth) -> tuple[str, dict[str, Any]]:
-    """(digest, manifest) of the image for our platform; lists the platforms when absent."""
+def _shown(value: object) -> str:
+    """A registry's value in one line of ASCII (control characters escaped), shortened."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= _SHOWN else f"{text[: _SHOWN - 3]}..."
+
+
+def _sha256(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Reads one registry document, refusing any value of the wrong type with its path."""
+
+    ident: str
+    document: str  # "index", "linux/arm64/v8 manifest", "image config"
+
+    def malformed(self, path: str, expected: str, value: object) -> SourceError:
+        return SourceError(
+            f"{self.ident}: the registry's {self.document} is malformed: {path}: "
+            f"expected {expected}, got {_shown(value)}"
+        )
+
+    def parse(self, raw: bytes) -> Any:
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise SourceError(
+                f"{self.ident}: the registry's {self.document} is not JSON: {_describe(exc)}"
+            ) from exc
+
+    def mapping(self, value: object, path: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.malformed(path, "an object", value)
+        return value
+
+    def sequence(self, value: object, path: str) -> list[Any]:
+        if not isinstance(value, list):
+            raise self.malformed(path, "a list", value)
+        return value
+
+    def text(self, value: object, path: str) -> str:
+        if not isinstance(value, str):
+            raise self.malformed(path, "a string", value)
+        return value
+
+    def size(self, value: object, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise self.malformed(path, "a size in bytes", value)
+        return value
+
+    def digest(self, value: object, path: str) -> str:
+        return checked_digest(
+            self.text(value, path),
+            label=f"{self.ident}: the registry's {self.document} gives {path}",
+        )
+
+    def descriptor(self, value: object, path: str) -> Descriptor:
+        fields = self.mapping(value, path)
+        return Descriptor(
+            digest=self.digest(fields.get("digest"), f"{path}.digest"),
+            size=self.size(fields.get("size"), f"{path}.size"),
+            media_type=self.text(fields.get("mediaType", ""), f"{path}.mediaType"),
+        )
+
+
+def checked_digest(digest: str, *, label: str) -> str:
+    """``digest`` if it is ``sha256:<64 hex digits>`` (what a file or URL may be named after)."""
+    if not DIGEST.fullmatch(digest):
+        raise SourceError(f"{label}: {_shown(digest)} is not sha256:<64 hex digits>")
+    return digest
+
+
+def _verify(data: bytes, digest: str, *, label: str) -> None:
+    actual = _sha256(data)
+    if actual != digest:
+        raise SourceError(f"{label} does not match its digest {digest} (got {actual})")
+
+
+class _Registry:
+    """One image's registry for one run: the token, and GETs that check the status."""
+
+    def __init__(self, ident: str, session: requests.Session) -> None:
+        self.ident = ident
+        self.image = parse_ident(ident)
+        self.session = session
+        try:
+            auth = RegistryAuth.init(self.image)
+            auth.authenticate()
+        # docker-export reads the challenge and the token answer without checking them
+        except (requests.RequestException, ValueError, LookupError, AttributeError) as exc:
+            raise SourceError(f"{ident}: no token from the registry: {_describe(exc)}") from exc
+        token: object = auth.token
+        if token is not None and not isinstance(token, str):
+            raise SourceError(f"{ident}: no token from the registry: got {_shown(token)}")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def url(self, kind: str, reference: str) -> str:
+        return f"https://{self.image.registry}/v2/{self.image.fullname}/{kind}/{reference}"
+
+    def get(self, url: str, *, accept: str | None = None, what: str) -> requests.Response:
+        headers = dict(self.headers)
+        if accept is not None:
+            headers["Accept"] = accept
+        response = self.session.get(
+            url, headers=headers, timeout=docker_export.REQUEST_TIMEOUT, stream=True
+        )
+        if response.status_code != requests.codes.ok:
+            response.close()
+            raise SourceError(
+                f"{self.ident}: HTTP {response.status_code} {response.reason} for {what} ({url})"
+            )
+        return response
+
+    def read(self, url: str, *, accept: str | None = None, what: str, limit: int) -> bytes:
+        """A whole document, refused past ``limit`` bytes."""
+        body = bytearray()
+        with self.get(url, accept=accept, what=what) as response:
+            for chunk in response.iter_content(_CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    raise SourceError(f"{self.ident}: {what} is larger than {limit} bytes")
+        return bytes(body)
+
+
+def _platform_digest(registry: _Registry) -> str:
+    """The digest the image's index names for linux/arm64/v8 (well-formed)."""
+    image, ident = registry.image, registry.ident
     wanted = platform()
-    index = docker_export.get_manifests(image, auth)
+    reference = image.digest or image.tag
+    if image.digest:
+        checked_digest(image.digest, label=f"{ident}: the digest in the reference")
+    raw = registry.read(
+        registry.url("manifests", reference),
+        accept=INDEX_MEDIA_TYPES,
+        what="the index",
+        limit=MAX_MANIFEST_BYTES,
+    )
+    if image.digest:
+        _verify(raw, image.digest, label=f"{ident}: the index")
+    shape = _Shape(ident, "index")
+    index = shape.mapping(shape.parse(raw), "the document")
     if "manifests" not in index:
         # A single-platform image: docker-export takes those as linux/amd64.
         raise SourceError(
-            f"{image}: no {wanted} image in the registry (single-platform image, linux/amd64)"
+            f"{ident}: no {wanted} image in the registry (single-platform image, linux/amd64)"
         )
     available: list[str] = []
-    for entry in index.get("manifests", []):
+    for number, value in enumerate(shape.sequence(index["manifests"], "manifests")):
+        entry = shape.mapping(value, f"manifests[{number}]")
         if not entry.get("platform"):
             continue
-        candidate = Platform.from_payload(entry["platform"])
+        payload = shape.mapping(entry["platform"], f"manifests[{number}].platform")
+        for key in ("os", "architecture", "variant"):
+            if key in payload:
+                shape.text(payload[key], f"manifests[{number}].platform.{key}")
+        candidate = Platform.from_payload(payload)
         if candidate == wanted:
-            digest = str(entry["digest"])
-            return digest, docker_export.get_layers_manifest_for(image, auth, digest)
+            return shape.digest(entry.get("digest"), f"manifests[{number}].digest")
         available.append(str(candidate))
     raise SourceError(
-        f"{image}: no {wanted} image in the registry; "
+        f"{ident}: no {wanted} image in the registry; "
         f"it has: {', '.join(available) or 'no platform at all'}"
     )
 
 
-def _uncompressed_layer_size(
-    image: Image, auth: RegistryAuth, layer: dict[str, Any], session: requests.Session
-) -> int:
+def _platform_manifest(registry: _Registry, digest: str | None) -> PlatformManifest:
+    """The linux/arm64/v8 manifest: the one named ``digest``, else the one the index names."""
+    ident = registry.ident
+    if digest is None:
+        digest = _platform_digest(registry)
+    checked_digest(digest, label=f"{ident}: the {OCI_PLATFORM} manifest's digest")
+    what = f"the {OCI_PLATFORM} manifest"
+    raw = registry.read(
+        registry.url("manifests", digest),
+        accept=MANIFEST_MEDIA_TYPES,
+        what=what,
+        limit=MAX_MANIFEST_BYTES,
+    )
+    _verify(raw, digest, label=f"{ident}: {what}")
+    shape = _Shape(ident, f"{OCI_PLATFORM} manifest")
+    document = shape.mapping(shape.parse(raw), "the document")
+    config = shape.descriptor(document.get("config"), "config")
+    listed = shape.sequence(document.get("layers"), "layers")
+    if not listed:
+        raise SourceError(f"{ident}: the {OCI_PLATFORM} manifest has no layers")
+    layers = tuple(shape.descriptor(layer, f"layers[{n}]") for n, layer in enumerate(listed))
+    return PlatformManifest(digest=digest, document=document, config=config, layers=layers)
+
+
+def _image_config(registry: _Registry, manifest: PlatformManifest) -> bytes:
+    """The image config, verified against ``config.digest``, listing one diff_id a layer."""
+    ident = registry.ident
+    raw = registry.read(
+        registry.url("blobs", manifest.config.digest),
+        what="the image config",
+        limit=MAX_CONFIG_BYTES,
+    )
+    _verify(raw, manifest.config.digest, label=f"{ident}: the image config")
+    shape = _Shape(ident, "image config")
+    config = shape.mapping(shape.parse(raw), "the document")
+    rootfs = shape.mapping(config.get("rootfs"), "rootfs")
+    diff_ids = shape.sequence(rootfs.get("diff_ids"), "rootfs.diff_ids")
+    if len(diff_ids) != len(manifest.layers):
+        raise SourceError(
+            f"{ident}: the image config lists {len(diff_ids)} layers, "
+            f"the manifest {len(manifest.layers)}"
+        )
+    return raw
+
+
+def _uncompressed_layer_size(registry: _Registry, layer: Descriptor, number: int) -> int:
     """A layer's decompressed size without downloading it.
 
     A gzip member ends with ISIZE, its uncompressed length modulo 2^32, so a 4-byte ranged read
     of the blob gives it exactly (layers of 4 GiB and more are corrected by the compressed size).
     """
-    media_type = str(layer.get("mediaType", ""))
-    size = int(layer["size"])
-    if media_type.endswith(PLAIN_TAR_MEDIA_SUFFIXES):
+    ident, size = registry.ident, layer.size
+    if layer.media_type.endswith(PLAIN_TAR_MEDIA_SUFFIXES):
         return size
-    if not media_type.endswith(GZIP_MEDIA_SUFFIXES):
+    if not layer.media_type.endswith(GZIP_MEDIA_SUFFIXES):
         raise SourceError(
-            f"{image}: layer {layer['digest']} is {media_type}; give filesize and fullsize "
-            "for this image in the config (get-oci-sizes prints them)"
+            f"{ident}: layer {layer.digest} is {_shown(layer.media_type)}; give filesize and "
+            "fullsize for this image in the config (get-oci-sizes prints them)"
         )
-    url = f"https://{image.registry}/v2/{image.fullname}/blobs/{layer['digest']}"
-    response = session.get(
-        url,
-        headers={**auth.headers, "Range": f"bytes={size - 4}-{size - 1}"},
+    if size < 4:
+        raise SourceError(f"{ident}: layers[{number}] is {size} bytes, too small for gzip")
+    response = registry.session.get(
+        registry.url("blobs", layer.digest),
+        headers={**registry.headers, "Range": f"bytes={size - 4}-{size - 1}"},
         timeout=docker_export.REQUEST_TIMEOUT,
         stream=True,
     )
     with response:
-        if response.status_code != 206:
+        if response.status_code != requests.codes.partial_content:
             raise SourceError(
-                f"{image}: the registry does not serve ranges (HTTP {response.status_code}); "
+                f"{ident}: the registry does not serve ranges (HTTP {response.status_code}); "
                 "give filesize and fullsize for this image in the config"
             )
         tail = response.raw.read(4)
+    if len(tail) != 4:
+        raise SourceError(
+            f"{ident}: the registry served {len(tail)} bytes for 4 of layers[{number}]"
+        )
     isize = int.from_bytes(tail, "little")
     while isize < size:  # wrapped around 2^32: a layer of 4 GiB or more
         isize += 1 << 32
@@ -141,68 +369,137 @@ def _uncompressed_layer_size(
 
 
 def inspect_image(ident: str) -> RemoteImage:
-    """The registry's description of ``ident`` for linux/arm64/v8 (no layer is downloaded)."""
-    image = parse_ident(ident)
+    """The registry's description of ``ident`` for linux/arm64/v8 (no layer is downloaded):
+    the manifest and the config are verified against their digests."""
     try:
-        auth = RegistryAuth.init(image)
-        auth.authenticate()
-        digest, manifest = _platform_manifest(image, auth)
         with requests.Session() as session:
+            registry = _Registry(ident, session)
+            manifest = _platform_manifest(registry, None)
+            _image_config(registry, manifest)
             layers = tuple(
-                _uncompressed_layer_size(image, auth, layer, session)
-                for layer in manifest.get("layers", [])
+                _uncompressed_layer_size(registry, layer, number)
+                for number, layer in enumerate(manifest.layers)
             )
-    except SourceError:
-        raise
-    except (requests.RequestException, OSError, ValueError, KeyError) as exc:
+    except (requests.RequestException, OSError, ValueError) as exc:
         raise SourceError(f"{ident}: {_describe(exc)}") from exc
-    if not layers:
-        raise SourceError(f"{ident}: the {OCI_PLATFORM} manifest has no layers")
     return RemoteImage(
         ident=ident,
-        manifest_digest=digest,
+        manifest_digest=manifest.digest,
         layers_uncompressed=layers,
-        config_size=int(manifest.get("config", {}).get("size", 0)),
+        config_size=manifest.config.size,
     )
 
 
-class _ReporterBar:
-    """Stands in for docker-export's own progress bar (which draws on the terminal whatever
-    the UI): layer downloads go to the progress callback of the pulling thread instead."""
-
-    def __init__(self, total: int | None = None) -> None:
-        self._advance: ProgressCallback = getattr(_pulling, "advance", no_progress)
-
-    def callback(self, bytes_amount: int) -> None:
-        self._advance(bytes_amount)
-
-    def finish(self) -> None:
-        pass
-
-
-_pulling = threading.local()
-
-
 def export_image(
-    ident: str, target: Path, *, build_dir: Path, on_progress: ProgressCallback = no_progress
+    ident: str,
+    target: Path,
+    *,
+    build_dir: Path,
+    manifest_digest: str | None = None,
+    on_progress: ProgressCallback = no_progress,
 ) -> ExportedImage:
-    """Pull ``ident`` for linux/arm64/v8 into the docker-load tar ``target``, verified."""
-    image = parse_ident(ident)
-    docker_export.VisualProgressBar = _ReporterBar
-    _pulling.advance = on_progress
+    """Pull ``ident`` for linux/arm64/v8 into the docker-load tar ``target``, verified.
+
+    With ``manifest_digest`` (the one a check verified), that manifest is pulled, whatever
+    the tag names now; without it, the one the index names.
+    """
     try:
-        # Check the platform first: docker-export's own error does not list alternatives.
-        auth = RegistryAuth.init(image)
-        auth.authenticate()
-        _platform_manifest(image, auth)
-        docker_export.export(image=image, platform=platform(), to=target, build_dir=build_dir)
-    except SourceError:
-        raise
-    except (requests.RequestException, OSError, ValueError, KeyError) as exc:
+        with requests.Session() as session:
+            registry = _Registry(ident, session)
+            manifest = _platform_manifest(registry, manifest_digest)
+            config = _image_config(registry, manifest)
+            _write_export(
+                registry, manifest, config, target, build_dir=build_dir, on_progress=on_progress
+            )
+    except (requests.RequestException, OSError, ValueError) as exc:
         raise SourceError(f"{ident}: export failed: {_describe(exc)}") from exc
-    finally:
-        _pulling.advance = no_progress
-    return verify_export(target, label=ident)
+    return verify_export(target, label=ident, config_digest=manifest.config.digest)
+
+
+def _write_export(
+    registry: _Registry,
+    manifest: PlatformManifest,
+    config: bytes,
+    target: Path,
+    *,
+    build_dir: Path,
+    on_progress: ProgressCallback,
+) -> None:
+    """docker-export's tar layout, from blobs downloaded and verified here. Every name comes
+    from a checked digest: layer folders are hashes of them, the config is ``<hex>.json``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(suffix=".tmp", prefix=target.stem, dir=build_dir) as work:
+        image_dir = Path(work)
+        parent_id = layer_id = ""
+        members: list[str] = []
+        for number, layer in enumerate(manifest.layers):
+            layer_id = docker_export.make_layer_id(parent_id, {"digest": layer.digest})
+            layer_dir = image_dir / layer_id
+            layer_dir.mkdir()
+            _download_layer(registry, layer, number, layer_dir, on_progress)
+            members.append(f"{layer_id}/layer.tar")
+            parent_id = docker_export.write_layer_metadata(
+                layer_dir=layer_dir,
+                layer_id=layer_id,
+                parent_id=parent_id,
+                layer={"digest": layer.digest},
+                manifest=manifest.document,
+            )
+        image = registry.image
+        docker_export.bundle_image(
+            image=image,
+            image_dir=image_dir,
+            target=target,
+            manifest=[
+                {
+                    "Config": f"{manifest.config.digest.removeprefix('sha256:')}.json",
+                    "RepoTags": [f"{image.reg_fullname}:{image.tag}"],
+                    "Layers": members,
+                }
+            ],
+            config=config,
+            latest_layer_id=layer_id,
+        )
+
+
+def _download_layer(
+    registry: _Registry,
+    layer: Descriptor,
+    number: int,
+    layer_dir: Path,
+    on_progress: ProgressCallback,
+) -> None:
+    """``layer_dir/layer.tar``: the blob hashed as downloaded (never more than its size),
+    checked against its digest, then decompressed."""
+    ident, what = registry.ident, f"layers[{number}]"
+    plain = layer.media_type.endswith(PLAIN_TAR_MEDIA_SUFFIXES)
+    if not plain and not layer.media_type.endswith(GZIP_MEDIA_SUFFIXES):
+        raise SourceError(f"{ident}: {what} is {_shown(layer.media_type)}, not a (gzip) tar")
+    blob = layer_dir / ("layer.tar" if plain else "layer_gzip.tar")
+    digest = hashlib.sha256()
+    received = 0
+    with (
+        registry.get(registry.url("blobs", layer.digest), what=what) as response,
+        blob.open("wb") as file,
+    ):
+        for chunk in response.iter_content(_CHUNK):
+            received += len(chunk)
+            if received > layer.size:
+                raise SourceError(
+                    f"{ident}: {what} does not match its digest {layer.digest}: "
+                    f"more than the {layer.size} bytes the manifest gives"
+                )
+            digest.update(chunk)
+            file.write(chunk)
+            on_progress(len(chunk))
+    actual = f"sha256:{digest.hexdigest()}"
+    if actual != layer.digest:
+        raise SourceError(
+            f"{ident}: {what} does not match its digest {layer.digest} (got {actual})"
+        )
+    if not plain:
+        docker_export.extract_layer(layer.digest, layer_dir)
 
 
 @dataclass(frozen=True)
@@ -213,11 +510,16 @@ class ExportedImage:
     extracted_size: int
 
 
-def verify_export(tar_path: Path, *, label: str) -> ExportedImage:
-    """Check every layer of a docker-load tar against its config's diff_ids; describe the image."""
+def verify_export(tar_path: Path, *, label: str, config_digest: str | None = None) -> ExportedImage:
+    """Check every layer of a docker-load tar against its config's diff_ids; describe the image.
+
+    With ``config_digest``, the tar's config must be that blob, named after it.
+    """
     try:
         with tarfile.open(tar_path) as tar:
             manifest = _read_json(tar, "manifest.json")[0]
+            if config_digest is not None:
+                _check_config_member(tar, manifest["Config"], config_digest, label=label)
             config = _read_json(tar, manifest["Config"])
             expected = list(config.get("rootfs", {}).get("diff_ids", []))
             actual = [_sha256_member(tar, name) for name in manifest["Layers"]]
@@ -235,6 +537,14 @@ def verify_export(tar_path: Path, *, label: str) -> ExportedImage:
         size=tar_path.stat().st_size,
         extracted_size=extracted,
     )
+
+
+def _check_config_member(tar: tarfile.TarFile, name: str, digest: str, *, label: str) -> None:
+    if name != f"{digest.removeprefix('sha256:')}.json":
+        raise SourceError(f"{label}: the image tar's config is {_shown(name)}, not {digest}")
+    actual = _sha256_member(tar, name)
+    if actual != digest:
+        raise SourceError(f"{label}: the image tar's config does not match its digest {digest}")
 
 
 def same_reference(first: str, second: str) -> bool:

@@ -1,7 +1,8 @@
 """OCI images into /data/images/: pulled for linux/arm64/v8, or downloaded from their url.
 
-Pulled images are kept in the cache (as exported tars, keyed by reference and platform,
-versioned by the platform manifest's digest) when the policy allows it.
+Pulled images are the platform manifest the check verified, pulled by its digest; they are
+kept in the cache (as exported tars, keyed by reference and platform, versioned by that
+digest) when the policy allows it.
 """
 
 from __future__ import annotations
@@ -73,8 +74,13 @@ def place_image(
                 copy_file(slot.cached_path, staging)
                 return _placed(target, oci.verify_export(staging, label=label), from_cache=True)
             with reporter.progress(f"pulling {image.ident}", None) as advance:
+                # the manifest the check verified, whatever the tag names by now
                 exported = oci.export_image(
-                    image.ident, staging, build_dir=build_dir, on_progress=advance
+                    image.ident,
+                    staging,
+                    build_dir=build_dir,
+                    manifest_digest=source.manifest_digest,
+                    on_progress=advance,
                 )
             slot.keep(staging)
             return _placed(target, exported, from_cache=False)
