@@ -12,6 +12,7 @@ import pytest
 
 from image_creator.cache.downloads import Downloads
 from image_creator.config.model import BaseImage, Checksum, ChecksumAlgo
+from image_creator.demo import make_base_image
 from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.steps import base_image
 from image_creator.steps.base_image import fetch_base_image
@@ -81,3 +82,27 @@ def test_wrong_checksum(tmp_path: Path, image: bytes) -> None:
     compressed = compress(tmp_path)
     with pytest.raises(ChecksumMismatchError, match="sha-256 checksum mismatch"):
         fetch(tmp_path, compressed.as_uri(), Checksum(algo=ChecksumAlgo.SHA256, value="0" * 64))
+
+
+@pytest.mark.parametrize("with_xz_tool", [True, False])
+def test_a_base_image_that_goes_on_past_its_partitions_is_stopped(
+    tmp_path: Path, with_xz_tool: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small .xz that expands far past the partition table's end (a decompression bomb):
+    refused once the partitions' end plus slack is passed, not written to the host's end."""
+    require_tools("sfdisk", "mkfs.vfat", "mke2fs", "mcopy", "xz")
+    layout = make_base_image(tmp_path / "real.img", data_mib=8, root_mib=8, boot_mib=34)
+    bomb = tmp_path / "base.img"
+    with bomb.open("wb") as file:
+        file.write(layout.path.read_bytes())
+        file.truncate(layout.size + 160 * MIB)  # zeros: they compress to almost nothing
+    subprocess.run(["xz", "-k", "-0", "-T2", str(bomb)], check=True)
+    compressed = bomb.with_name("base.img.xz")
+    assert compressed.stat().st_size < 2 * MIB
+    if not with_xz_tool:
+        monkeypatch.setattr(base_image, "which", lambda binary: None)
+    with pytest.raises(SourceError, match="goes on past its partitions' end") as caught:
+        fetch(tmp_path, compressed.as_uri())
+    assert str(caught.value).startswith(compressed.as_uri())
+    written = tmp_path / "out.img"
+    assert written.stat().st_size <= layout.size + base_image.TRAILING_SLACK

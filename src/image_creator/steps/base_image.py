@@ -22,6 +22,8 @@ CHUNK = 1024 * 1024
 # Runs of zeros this long (and aligned) become holes in the output file.
 HOLE_BLOCK = 64 * 1024
 _ZEROS = bytes(HOLE_BLOCK)
+# Bytes a base image may have past its last partition (some tools round images up).
+TRAILING_SLACK = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,24 @@ class FetchedBase:
 
 
 class SparseWriter:
-    """Writes a stream to a file, seeking over aligned all-zero blocks instead of writing them."""
+    """Writes a stream to a file, seeking over aligned all-zero blocks instead of writing them.
 
-    def __init__(self, file: BinaryIO) -> None:
+    With a ``limit``, more bytes than that raise ``TooLarge``: a small compressed file can
+    decompress to anything, and the host disk is not the place to find out how much.
+    """
+
+    class TooLarge(Exception):
+        pass
+
+    def __init__(self, file: BinaryIO, limit: int | None = None) -> None:
         self._file = file
         self._pending = b""
+        self._limit = limit
         self.position = 0
 
     def write(self, data: bytes) -> None:
+        if self._limit is not None and self.position + len(self._pending) + len(data) > self._limit:
+            raise SparseWriter.TooLarge
         buffer = self._pending + data if self._pending else data
         whole = len(buffer) - len(buffer) % HOLE_BLOCK
         start = 0
@@ -83,12 +95,19 @@ def fetch_base_image(
         target.open("r+b") as file,
     ):
         reader = HashingReader(fetched.stream, *hashers)
-        writer = SparseWriter(file)
-        if base.is_xz:
-            _decompress_xz(reader, writer, label=base.url)
-        else:
-            while chunk := reader.read(CHUNK):
-                writer.write(chunk)
+        limit = _size_limit(source)
+        writer = SparseWriter(file, limit)
+        try:
+            if base.is_xz:
+                _decompress_xz(reader, writer, label=base.url)
+            else:
+                while chunk := reader.read(CHUNK):
+                    writer.write(chunk)
+        except SparseWriter.TooLarge:
+            raise SourceError(
+                f"{base.url}: the base image goes on past its partitions' end "
+                f"({limit} bytes, with {TRAILING_SLACK} bytes of slack); not a base image"
+            ) from None
         size = writer.close()
         if size == 0:
             raise SourceError(f"{base.url}: the base image is empty")
@@ -97,6 +116,14 @@ def fetch_base_image(
             fetched.verified(checksum.algo.value, checksum.value)
         from_cache = fetched.from_cache
     return FetchedBase(image_size=size, from_cache=from_cache)
+
+
+def _size_limit(source: BaseSource) -> int | None:
+    """How large the (decompressed) base image may be: its last partition's end, plus slack
+    for tools that round images up. None when its partition table could not be read."""
+    if source.table is None or not source.table.partitions:
+        return None
+    return max(part.end_bytes for part in source.table.partitions) + TRAILING_SLACK
 
 
 def _decompress_xz(reader: HashingReader, writer: SparseWriter, *, label: str) -> None:
