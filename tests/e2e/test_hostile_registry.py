@@ -144,6 +144,19 @@ def manifest_swapped_after_the_check(image: HonestImage, host: Path) -> Served:
     return served
 
 
+def truncated_gzip_layer(image: HonestImage, host: Path) -> Served:
+    """A layer blob that is a gzip stream with its middle cut out (its trailer, so the size
+    the check reads, kept), its digest and size in the manifest right."""
+    raw, blob = layer_blob(EVIL_FILES)
+    cut = blob[: len(blob) // 2] + blob[-8:]
+    image.arm64.layers = [raw]
+    image.arm64.config = config_for(ARM64, [raw])
+    image.arm64.manifest = manifest_for(canonical(image.arm64.config), [cut])
+    served = image.documents()
+    served.add_blob(cut)
+    return served
+
+
 def _reshaped(change: Callable[[dict[str, Any]], object]) -> Attack:
     """The arm64 manifest changed by ``change`` (the index naming it rightly)."""
 
@@ -216,6 +229,7 @@ LIES_ABOUT_CONTENT = {
     "config-tampered-after-the-check": Case(
         config_tampered_after_the_check, "does not match its digest", seen_by_check=False
     ),
+    "truncated-gzip-layer": Case(truncated_gzip_layer, "export failed", seen_by_check=False),
     "manifest-swapped-after-the-check": Case(
         manifest_swapped_after_the_check, "does not match its digest", seen_by_check=False
     ),

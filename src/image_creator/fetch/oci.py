@@ -20,6 +20,7 @@ import logging
 import re
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -411,7 +412,8 @@ def export_image(
             _write_export(
                 registry, manifest, config, target, build_dir=build_dir, on_progress=on_progress
             )
-    except (requests.RequestException, OSError, ValueError) as exc:
+    # EOFError, zlib.error: a layer that is not the gzip stream its media type says
+    except (requests.RequestException, OSError, ValueError, EOFError, zlib.error) as exc:
         raise SourceError(f"{ident}: export failed: {_describe(exc)}") from exc
     return verify_export(target, label=ident, config_digest=manifest.config.digest)
 
