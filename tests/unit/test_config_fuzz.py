@@ -65,14 +65,14 @@ values = st.recursive(
 )
 documents = st.one_of(
     values,
-    st.fixed_dictionaries({}, optional={key: values for key in KEYS[:7]}),
+    st.fixed_dictionaries({}, optional=dict.fromkeys(KEYS[:7], values)),
     st.fixed_dictionaries(
         {"base": st.one_of(st.sampled_from(NASTY_TEXT), values)},
         optional={
             "files": st.lists(
                 st.fixed_dictionaries(
                     {"to": st.one_of(st.sampled_from(NASTY_TEXT), values)},
-                    optional={key: values for key in ("url", "content", "via", "size", "checksum")},
+                    optional=dict.fromkeys(("url", "content", "via", "size", "checksum"), values),
                 ),
                 max_size=4,
             ),
