@@ -8,13 +8,13 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from image_creator.cache.entry import EntryKind
 from image_creator.cache.store import CacheStore, CacheWriter
-from image_creator.errors import Interrupted
+from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch import http
 from image_creator.fetch.archives import ReadableStream
 from image_creator.fetch.http import RemoteInfo
@@ -59,11 +59,16 @@ class _Tee:
 
 @dataclass
 class Fetched:
-    """An open source. ``cached_path`` is set on a cache hit (for kernel-side copies)."""
+    """An open source. ``cached_path`` is set on a cache hit (for kernel-side copies): it
+    names the very file that was checked, whatever happens to the cache folder meanwhile.
+
+    A hit carries no checksum known in advance: the cache's metadata is written by whoever
+    can write the cache folder, so a config checksum is verified on the bytes as they are
+    read from the cache, like on a download.
+    """
 
     stream: ReadableStream
     cached_path: Path | None = None
-    known_digests: dict[str, str] = field(default_factory=dict)  # verified earlier, by algo
     _writer: CacheWriter | None = None
 
     @property
@@ -104,14 +109,16 @@ class Downloads:
         with self.cache.slot(
             EntryKind.FILES, url, url, version=version_of(remote), size=size
         ) as slot:
-            if slot.path is not None and slot.entry is not None:
-                with slot.path.open("rb") as cached:
-                    on_progress(slot.entry.size)
-                    yield Fetched(
-                        stream=cached,
-                        cached_path=slot.path,
-                        known_digests=dict(slot.entry.digests),
-                    )
+            if slot.file is not None and slot.entry is not None:
+                on_progress(slot.entry.size)
+                try:
+                    yield Fetched(stream=slot.file, cached_path=slot.path)
+                except ChecksumMismatchError as exc:
+                    self.cache.discard(slot, "does not match the config's checksum")
+                    raise ChecksumMismatchError(
+                        f"{exc.message} in the cached copy: dropped from the cache, "
+                        "the next build downloads it again"
+                    ) from exc
                 return
             with http.open_stream(url, on_progress=on_progress, sleep=sleep) as stream:
                 if slot.writer is None:
@@ -128,7 +135,12 @@ class Downloads:
             yield ImageTarSlot()
             return
         with self.cache.slot(EntryKind.OCI_IMAGES, ident, key, version=version, size=size) as slot:
-            yield ImageTarSlot(cached_path=slot.path, writer=slot.writer)
+            try:
+                yield ImageTarSlot(cached_path=slot.path, writer=slot.writer)
+            except SourceError:
+                if slot.entry is not None:  # the cached tar did not verify
+                    self.cache.discard(slot, "not a valid image tar")
+                raise
 
 
 @dataclass

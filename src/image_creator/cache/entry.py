@@ -1,4 +1,9 @@
-"""A cache entry's metadata, kept in a JSON file beside its content (works on any filesystem)."""
+"""A cache entry's metadata, kept in a JSON file beside its content (works on any filesystem).
+
+The metadata is read as untrusted input: anyone who can write the cache folder can write it.
+It is parsed strictly (exact types, no coercion) and the store checks that it describes the
+entry it sits beside; nothing in it ever names a path.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
 class EntryKind(StrEnum):
@@ -16,20 +23,22 @@ class EntryKind(StrEnum):
 
 @dataclass(frozen=True)
 class Entry:
-    """One complete, verified cache entry."""
+    """One complete cache entry."""
 
     kind: EntryKind
     source: str  # the URL, or the image reference (what policy patterns match)
     key: str  # unique key: the URL, or "reference|platform"
-    ident: str  # the entry's id: its file names in the cache
+    ident: str  # the entry's id (a hash of kind and key): checked against its file names
     size: int
     added: datetime
     last_used: datetime
     use_count: int
     version: str  # remote version marker: ETag, size+Last-Modified, or manifest digest
     checked: datetime  # last time the version marker was compared with the remote
-    xxh3: str  # xxh3-128 of the content, checked on every use
-    digests: dict[str, str] = field(default_factory=dict)  # config algo -> hex, when verified
+    xxh3: str  # xxh3-128 of the content, checked on every use (against damage, not tampering)
+    # config checksums verified when the entry was written, for people: never read back as
+    # proof, since whoever writes the metadata can write these too
+    digests: dict[str, str] = field(default_factory=dict)
 
     def used(self, now: datetime) -> Entry:
         return replace(self, last_used=now, use_count=self.use_count + 1)
@@ -43,23 +52,50 @@ class Entry:
 
     @classmethod
     def from_json(cls, text: str) -> Entry:
+        """Raises ValueError naming the first field that is missing or of the wrong type."""
         document = json.loads(text)
+        if not isinstance(document, dict):
+            raise ValueError("not a JSON object")
+        digests = document.get("digests", {})
+        if not isinstance(digests, dict) or not all(
+            isinstance(name, str) and isinstance(value, str) for name, value in digests.items()
+        ):
+            raise ValueError("digests: not a mapping of strings")
+        try:
+            kind = EntryKind(_field(document, "kind", str))
+        except ValueError as exc:
+            raise ValueError(f"kind: {exc}") from exc
+        size = _field(document, "size", int)
+        use_count = _field(document, "use_count", int)
+        if size < 0 or use_count < 0:
+            raise ValueError("size and use_count must not be negative")
         return cls(
-            kind=EntryKind(document["kind"]),
-            source=str(document["source"]),
-            key=str(document["key"]),
-            ident=str(document["ident"]),
-            size=int(document["size"]),
-            added=_datetime(document["added"]),
-            last_used=_datetime(document["last_used"]),
-            use_count=int(document["use_count"]),
-            version=str(document["version"]),
-            checked=_datetime(document["checked"]),
-            xxh3=str(document["xxh3"]),
-            digests={str(k): str(v) for k, v in dict(document.get("digests", {})).items()},
+            kind=kind,
+            source=_field(document, "source", str),
+            key=_field(document, "key", str),
+            ident=_field(document, "ident", str),
+            size=size,
+            added=_datetime(document, "added"),
+            last_used=_datetime(document, "last_used"),
+            use_count=use_count,
+            version=_field(document, "version", str),
+            checked=_datetime(document, "checked"),
+            xxh3=_field(document, "xxh3", str),
+            digests=dict(digests),
         )
 
 
-def _datetime(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
+def _field(document: dict[str, Any], name: str, kind: type[_T]) -> _T:
+    value = document.get(name)
+    # bool is an int to Python, never to this format
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{name}: missing or not a {kind.__name__}")
+    return value
+
+
+def _datetime(document: dict[str, Any], name: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(_field(document, name, str))
+    except ValueError as exc:
+        raise ValueError(f"{name}: not a date ({exc})") from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

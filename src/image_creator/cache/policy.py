@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -33,6 +35,7 @@ _T = TypeVar("_T")
 _L = TypeVar("_L", int, timedelta)
 
 POLICY_FILENAME = "policy.yaml"
+POLICY_LIMIT = 1024 * 1024
 DEFAULT_MAX_SIZE = 10 * 2**30  # the main max_size when policy.yaml does not set it
 
 # The spec's default policy, written to CACHE_DIR/policy.yaml when there is none.
@@ -399,9 +402,10 @@ def load_policy(cache_dir: Path, *, write_default: bool = True) -> Policy:
     (or, without ``write_default``, the default policy, writing nothing)."""
     path = cache_dir / POLICY_FILENAME
     label = str(path)
-    if not path.exists() and not write_default:
+    exists = os.path.lexists(path)
+    if not exists and not write_default:
         return default_policy()
-    if not path.exists():
+    if not exists:
         try:
             _write_default(path)
         except OSError as exc:
@@ -409,10 +413,28 @@ def load_policy(cache_dir: Path, *, write_default: bool = True) -> Policy:
                 [f"{label}: cannot write the default cache policy: {os_reason(exc)}"]
             ) from exc
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_policy(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{label}: cannot read the cache policy: {os_reason(exc)}"]) from exc
     return parse_policy_text(text, label=label)
+
+
+def _read_policy(path: Path) -> bytes:
+    """The policy's bytes: a regular file, never followed (a symlink in the cache folder
+    could aim at any host file), never blocking (a FIFO), never huge."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link, not a file") from exc
+        raise
+    with os.fdopen(handle, "rb") as file:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        data = file.read(POLICY_LIMIT + 1)
+    if len(data) > POLICY_LIMIT:
+        raise OSError(errno.EFBIG, f"larger than {POLICY_LIMIT} bytes")
+    return data
 
 
 def _write_default(path: Path) -> None:
