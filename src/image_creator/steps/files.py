@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from image_creator.cache.downloads import Downloads, Fetched, copy_file
 from image_creator.config.model import Checksum, FileEntry, Via
@@ -27,7 +27,13 @@ from image_creator.errors import BuildError, os_reason
 from image_creator.fetch.archives import ExtractResult, NoRoomError, extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
 from image_creator.fetch.extractor import free_inodes
-from image_creator.steps.placement import CancellableReader, Readable, destination, staged
+from image_creator.steps.placement import (
+    CancellableReader,
+    Readable,
+    destination,
+    staged,
+    temporary_sibling,
+)
 from image_creator.steps.sources import FileSource
 from image_creator.ui.base import Reporter
 
@@ -156,9 +162,15 @@ def _place(
                 written = _copy(reader, staging)
                 verify()
             return PlacedFile(written, fetched.from_cache)
+
+        def replaced(path: Path) -> None:
+            # the config's own files are written first: an archive member replacing one wins
+            where = PurePosixPath("/data", path.relative_to(root))
+            reporter.warning(f"{entry.to}: a member of {url} replaces {where}")
+
         if entry.via is Via.ZIP:
             # zip needs random access: a cached copy is used in place, a download is spooled
-            archive = fetched.cached_path or target.with_name(f".{target.name}.zip-spool")
+            archive = fetched.cached_path or temporary_sibling(target, ".zip-spool")
             try:
                 if fetched.cached_path is None:
                     _copy(reader, archive)
@@ -166,13 +178,13 @@ def _place(
                 elif not _known_good(fetched, entry.checksum, expected):
                     _drain(reader)
                     verify()
-                with staged(target, directory=True) as staging:
+                with staged(target, directory=True, on_replace=replaced) as staging:
                     result = extract_zip(archive, staging, source=url)
                 return PlacedFile.extracted(result, fetched.from_cache)
             finally:
                 if fetched.cached_path is None:
                     archive.unlink(missing_ok=True)
-        with staged(target, directory=True) as staging:
+        with staged(target, directory=True, on_replace=replaced) as staging:
             result = extract_tar_stream(
                 reader,
                 staging,
