@@ -27,6 +27,12 @@ from image_creator.steps.output import (
     temporary_directory,
 )
 from image_creator.steps.placement import placement_rounds, run_concurrently, run_in_rounds
+from image_creator.steps.sizes import (
+    ensure_room,
+    measure_data_filesystem,
+    plan_sizes,
+    report_sizes,
+)
 from image_creator.system.ext4 import check_filesystem, resize_filesystem
 from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.loop import attached_partition
@@ -53,6 +59,20 @@ def build(ctx: Context) -> None:
         ctx.record.base = base
         reporter.info(f"{config.base.url}: {format_size(base.image_size)} once decompressed")
 
+    with ctx.timeline.step("Sizing the data filesystem"):
+        # the exact size, from the base's real data filesystem (the check may only have had
+        # an upper bound); output.size and --max-size are checked again against it
+        table, filesystem = measure_data_filesystem(image)
+        sizes = plan_sizes(
+            inventory,
+            requested=config.output_size,
+            max_size=options.max_size,
+            filesystem=filesystem,
+            table=table,
+        )
+        ctx.sizes = ctx.record.sizes = sizes
+        report_sizes(sizes, reporter, requested=config.output_size)
+
     with ctx.timeline.step(f"Growing image to {format_size(sizes.output)}"):
         grow_image_file(image, sizes.output)
         data_partition = grow_data_partition(image)
@@ -62,6 +82,7 @@ def build(ctx: Context) -> None:
             check_filesystem(device, fix=True)
             resize_filesystem(device)
             check_filesystem(device, fix=True)
+            ensure_room(device, sizes)
 
         mountpoint = build_dir / "data"
         mountpoint.mkdir()

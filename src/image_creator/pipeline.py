@@ -20,6 +20,7 @@ from image_creator.steps.cache import cache_uses, forecast, open_cache, report_f
 from image_creator.steps.host import ensure_host_ready, host_problems
 from image_creator.steps.output import default_build_dir
 from image_creator.steps.sizes import ensure_space, plan_sizes, space_shortages
+from image_creator.steps.sizes import report_sizes as show_sizes
 from image_creator.steps.sources import Inventory, SizeFrom, inspect_sources
 from image_creator.ui.base import Reporter
 
@@ -137,11 +138,11 @@ def report_sources(inventory: Inventory, reporter: Reporter) -> None:
 
 
 def report_sizes(ctx: Context) -> None:
-    sizes = ctx.require_sizes()
-    how = "requested" if ctx.config.output_size is not None else "auto"
-    ctx.reporter.info(
-        f"image size: {format_size(sizes.output)} ({sizes.output} bytes, {how}); "
-        f"minimum {format_size(sizes.minimum)}; content {format_size(sizes.content)}"
+    show_sizes(
+        ctx.require_sizes(),
+        ctx.reporter,
+        requested=ctx.config.output_size,
+        max_size=ctx.options.max_size,
     )
 
 

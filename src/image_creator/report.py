@@ -141,15 +141,19 @@ class Report:
             )
         return documents
 
-    def _sizes(self) -> dict[str, int] | None:
+    def _sizes(self) -> dict[str, Any] | None:
         if self.sizes is None:
             return None
         return {
             "output": self.sizes.output,
             "minimum": self.sizes.minimum,
+            "exact": self.sizes.exact,
             "content": self.sizes.content,
+            "data_blocks": self.sizes.data_blocks,
+            "inodes": self.sizes.inodes,
             "before_data": self.sizes.before_data,
             "existing_data": self.sizes.existing_data,
+            "offspot_config_minimum": self.sizes.offspot_config_minimum,
         }
 
     def _output(self) -> dict[str, Any] | None:
