@@ -22,7 +22,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -45,6 +45,11 @@ MIN_BOOT_MIB = 34
 # Fixed FAT volume id, for reproducible boot partitions.
 BOOT_VOLUME_ID = "0fa55e70"
 EXT4_BLOCK_SIZE = 4096
+
+# How offspot/base-image formats the data partition (export-image/prerun.sh:
+# `mkfs.ext4 -T largefile -m 1 -L data`): one inode per MiB, which growing keeps, and 1% of
+# the blocks reserved for root.
+OFFICIAL_DATA_MKFS: tuple[str, ...] = ("-T", "largefile", "-m", "1")
 
 DEFAULT_BOOT_FILES: Mapping[str, bytes] = {
     "config.txt": (
@@ -177,7 +182,14 @@ def _make_boot_filesystem(image: Path, partition: PartitionLayout, tree: Path) -
         run(["mcopy", "-s", "-Q", "-i", f"{image}@@{partition.start}", *entries, "::/"])
 
 
-def _make_ext4_filesystem(image: Path, partition: PartitionLayout, tree: Path, label: str) -> None:
+def _make_ext4_filesystem(
+    image: Path,
+    partition: PartitionLayout,
+    tree: Path,
+    label: str,
+    *,
+    options: Sequence[str] = (),
+) -> None:
     # nodiscard: mke2fs would otherwise punch holes, which is pointless on a fresh sparse file
     run(
         [
@@ -188,6 +200,7 @@ def _make_ext4_filesystem(image: Path, partition: PartitionLayout, tree: Path, l
             "-F",
             "-b",
             str(EXT4_BLOCK_SIZE),
+            *options,
             "-L",
             label,
             "-E",
@@ -210,12 +223,16 @@ def make_base_image(
     root_mib: int = 48,
     data_mib: int = 16,
     xz: bool = False,
+    data_mkfs: Sequence[str] = (),
 ) -> BaseImageLayout:
     """Build a small offspot-like base image at ``path`` (and ``path.xz`` if ``xz``).
 
     ``*_files`` map a relative path inside the partition to its content; ``None`` uses the
     ``DEFAULT_*_FILES`` (pass ``{**DEFAULT_DATA_FILES, ...}`` to add to them). The image is
     built under a temporary name and renamed into place once complete.
+
+    The data filesystem gets mke2fs's defaults plus the options in ``data_mkfs``; the
+    official base image's are :data:`OFFICIAL_DATA_MKFS`.
     """
     if boot_mib < MIN_BOOT_MIB:
         raise ValueError(f"boot_mib must be at least {MIN_BOOT_MIB} for a valid FAT32")
@@ -250,6 +267,7 @@ def make_base_image(
             layout.data,
             _stage(work / "data", DEFAULT_DATA_FILES if data_files is None else data_files),
             "data",
+            options=data_mkfs,
         )
         xz_path: Path | None = None
         if xz:
