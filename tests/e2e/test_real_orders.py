@@ -195,9 +195,10 @@ def test_real_order_second_build_takes_everything_from_the_cache(
     problems: list[str] = []
     for record in world.server.content_gets():
         if record.path.endswith(".md5"):
-            # a cached entry was verified against that digest when it was added
-            problems.append(f"{record.path}: checksum URL read again")
-        elif record.range is not None:
+            # not content: the digest the cached copy is verified against as it is copied
+            # (a cache's own record of a digest is not trusted, see docs/security.md)
+            continue
+        if record.range is not None:
             problems.append(f"{record.path}: read again (Range: {record.range})")
         else:
             problems.append(f"{record.path}: downloaded again")

@@ -26,6 +26,7 @@ from image_creator.config.model import (
     Config,
     FileEntry,
     OciImage,
+    Via,
 )
 from image_creator.config.units import format_size
 from image_creator.errors import SourceError
@@ -115,7 +116,7 @@ def inspect_sources(
         base = pool.submit(inspect_base, config.base, cache)
         images = [pool.submit(inspect_oci_image, image) for image in config.oci_images]
         files = [
-            pool.submit(inspect_file, entry, f"files[{index}]")
+            pool.submit(inspect_file, entry, f"files[{index}]", cache)
             for index, entry in enumerate(config.files)
         ]
         problems: list[str] = []
@@ -238,7 +239,7 @@ def inspect_oci_image(image: OciImage) -> ImageSource:
     )
 
 
-def inspect_file(entry: FileEntry, label: str) -> FileSource:
+def inspect_file(entry: FileEntry, label: str, cache: CacheStore | None = None) -> FileSource:
     expected = expected_digest(entry.checksum) if entry.checksum is not None else None
     if entry.content is not None:
         return FileSource(
@@ -255,9 +256,7 @@ def inspect_file(entry: FileEntry, label: str) -> FileSource:
     if entry.size is None and download_size is None:
         raise SourceError(f"{entry.url}: the server gives no size; set {label}.size")
     if entry.via.is_archive:
-        facts = inspect_archive(
-            entry.url, entry.via, download_size, accepts_ranges=info.accepts_ranges
-        )
+        facts = _inspect_archive(entry.url, entry.via, info, cache)
         return _archive_source(entry, label, info, facts, expected)
     if entry.size is not None and download_size is not None and entry.size != download_size:
         raise SourceError(
@@ -272,6 +271,22 @@ def inspect_file(entry: FileEntry, label: str) -> FileSource:
     return FileSource(
         entry=entry, remote=info, expanded_size=expanded, expected=expected, size_from=size_from
     )
+
+
+def _inspect_archive(
+    url: str, via: Via, info: RemoteInfo, cache: CacheStore | None
+) -> ArchiveFacts:
+    """What the archive holds, read from its cached copy when the cache has a current one
+    (the build will take it from there too), else with ranged reads of ``url``."""
+    cached = None
+    if cache is not None:
+        cached = cache.peek(EntryKind.FILES, url, url, version=version_of(info))
+    if cached is not None:
+        try:
+            return inspect_archive(cached.as_uri(), via, cached.stat().st_size)
+        except (OSError, SourceError) as exc:  # evicted meanwhile, or damaged: ask the source
+            logger.debug("cached copy of %s not readable: %s", url, exc)
+    return inspect_archive(url, via, info.size, accepts_ranges=info.accepts_ranges)
 
 
 def _archive_source(
