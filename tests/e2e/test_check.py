@@ -42,7 +42,7 @@ from image_creator.ui.console import ConsoleReporter
 from tests.support.archives import tar_bytes, zip_bytes
 from tests.support.httpserver import HttpServer, RequestRecord
 from tests.support.oci_layout import ARM64
-from tests.support.registry import PushedImage, Registry
+from tests.support.registry import ImageSpec, PushedImage, Registry
 from tests.support.requirements import require_tools
 
 MIB = 2**20
@@ -440,6 +440,28 @@ def test_registry_sizes_match_the_real_layers_and_export(
         manifest = json.load(member)[0]
         in_tar = [tar.getmember(name).size for name in manifest["Layers"]]
     assert in_tar == layer_sizes(pushed)
+
+
+@pytest.mark.registry
+def test_an_incompressible_layer_is_sized_as_it_is(
+    registry_env: Registry,
+    served: Served,
+    planned: Planned,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """gzip makes random data slightly larger: its ISIZE is below the blob's size, which is no
+    wrap past 4 GiB (it used to be planned 4 GiB larger)."""
+    noise = random.Random(11).randbytes(2 * 2**20)
+    pushed = registry_env.push(
+        ImageSpec("test/noise", "1.0", platforms=(ARM64,), layers=[{"noise.bin": noise}])
+    )
+    document = {"base": served.base_url, "oci_images": [pushed.ref]}
+    outcome = run_main(["--check", str(write_config(tmp_path, document))], capsys)
+    assert outcome.code == 0, outcome.stderr
+    [source] = planned.inventories[0].images
+    assert source.fullsize == sum(layer_sizes(pushed))
+    assert source.fullsize < 3 * 2**20
 
 
 @pytest.mark.registry
