@@ -236,6 +236,33 @@ def test_tar_link_chain_that_later_escapes_is_refused(dest: Path) -> None:
         extract_tar_stream(OneWayStream(archive), dest, compression="")
 
 
+@pytest.mark.parametrize("compression", ["", "zip"])
+def test_links_that_lead_out_only_once_all_is_in_are_refused(
+    dest: Path, tmp_path: Path, compression: str
+) -> None:
+    """`a -> b/..` is inside while `b` is missing; `b -> .` then makes `a` the destination's
+    parent. No member writes through them, so only a check of the final tree catches it."""
+    members = [
+        Member("a", kind=tarfile.SYMTYPE, linkname="b/.."),
+        Member("b", kind=tarfile.SYMTYPE, linkname="."),
+    ]
+    with pytest.raises(SourceError) as caught:
+        if compression == "zip":
+            archive = tmp_path / "dest-links.zip"  # "dest*": not counted as outside
+            with zipfile.ZipFile(archive, "w") as handle:
+                for member in members:
+                    info = zipfile.ZipInfo(member.name)
+                    info.create_system = 3
+                    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                    handle.writestr(info, member.linkname)
+            extract_zip(archive, dest, source="http://h/links.zip")
+        else:
+            extract_tar_stream(
+                OneWayStream(build_tar(members)), dest, compression="", source="http://h/l.tar"
+            )
+    assert "member 'a': symlink target 'b/..' leads outside the destination" in str(caught.value)
+
+
 def test_tar_hardlink_to_a_file_not_from_the_archive_is_refused(dest: Path) -> None:
     dest.mkdir()
     (dest / "preexisting").write_text("not yours")

@@ -125,6 +125,8 @@ class Extractor:
         self._files: set[Path] = set()
         # directory mtimes are set last: writing into a directory changes its mtime
         self._dir_times: dict[Path, float] = {}
+        # links this archive made (member name -> path), checked again once all is in
+        self._links: dict[str, Path] = {}
 
     def error(self, member: str, reason: str) -> SourceError:
         return SourceError(f"{self.source}: member {member!r}: {reason}")
@@ -273,6 +275,7 @@ class Extractor:
         if not self._inside(resolved):
             raise self.error(name, f"symlink target {link_target!r} is outside the destination")
         path.symlink_to(link_target)
+        self._links[name] = path
         self.files_created += 1
         if mtime is not None:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
@@ -299,6 +302,16 @@ class Extractor:
         self.files_created += 1
 
     def finish(self) -> None:
+        # Each link was checked against the tree as it was then; links made later can change
+        # where an earlier one leads (``a -> b/..``, then ``b -> .``): check the final tree.
+        for name, path in self._links.items():
+            if not self._inside(Path(os.path.realpath(path))):
+                target = str(path.readlink())
+                raise self.error(
+                    name,
+                    f"symlink target {target!r} leads outside the destination once the "
+                    "whole archive is in",
+                )
         # deepest first, so setting a child's time does not disturb its parent's afterwards
         for path in sorted(self._dir_times, key=lambda p: len(p.parts), reverse=True):
             mtime = self._dir_times[path]
