@@ -238,7 +238,7 @@ def test_tar_link_chain_that_later_escapes_is_refused(dest: Path) -> None:
 
 @pytest.mark.parametrize("compression", ["", "zip"])
 def test_links_that_lead_out_only_once_all_is_in_are_refused(
-    dest: Path, tmp_path: Path, compression: str
+    dest: Path, tmp_path_factory: pytest.TempPathFactory, compression: str
 ) -> None:
     """`a -> b/..` is inside while `b` is missing; `b -> .` then makes `a` the destination's
     parent. No member writes through them, so only a check of the final tree catches it."""
@@ -248,7 +248,7 @@ def test_links_that_lead_out_only_once_all_is_in_are_refused(
     ]
     with pytest.raises(SourceError) as caught:
         if compression == "zip":
-            archive = tmp_path / "dest-links.zip"  # "dest*": not counted as outside
+            archive = tmp_path_factory.mktemp("zip") / "links.zip"
             with zipfile.ZipFile(archive, "w") as handle:
                 for member in members:
                     info = zipfile.ZipInfo(member.name)
