@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
+import docker_export
 import pytest
 
 from tests.support.httpserver import HttpServer
@@ -18,6 +20,19 @@ def _set_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     value = ",".join(part for part in (existing, LOOPBACK_NO_PROXY) if part)
     monkeypatch.setenv("NO_PROXY", value)
     monkeypatch.setenv("no_proxy", value)
+
+
+@pytest.fixture(autouse=True)
+def _streams_of_this_test_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """docker-export draws its progress bars on the stderr it saw first, and ``main()`` binds
+    the root logger to the stderr of its time: under capsys, both are one test's stream,
+    closed when that test ends, and a later test would write to it."""
+    monkeypatch.setattr(docker_export, "progressbar", None)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
