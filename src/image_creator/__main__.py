@@ -1,5 +1,5 @@
 import sys
 
-from image_creator.cli import main
+from image_creator.entry import main
 
 sys.exit(main())

@@ -38,6 +38,7 @@ from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.loop import attached_partition
 from image_creator.system.mount import mounted
 from image_creator.system.partitions import read_partition_table
+from image_creator.system.signals import mark_published, releasing
 
 BOOT_PARTITION_NUMBER = 1
 
@@ -133,10 +134,13 @@ def build(ctx: Context) -> None:
                 raise BuildError("the base image has no boot partition (1) for offspot.yaml")
             write_offspot_config(image, boot.start_bytes, config.offspot)
 
-    with ctx.timeline.step("Publishing"):
+    with ctx.timeline.step("Publishing"), releasing():
+        # the commit point: a signal before it fails the run with nothing published, a
+        # signal after it only cuts short what follows (see signals.AfterPublish)
         publish(image, options.output, overwrite=options.overwrite)
+        mark_published()
         ctx.record.output = options.output
+    reporter.info(f"image ready: {options.output} ({format_size(sizes.output)})")
     if options.report is not None:
         with ctx.timeline.step("Computing the image's sha256"):
             ctx.record.output_sha256 = sha256_file(options.output)
-    reporter.info(f"image ready: {options.output} ({format_size(sizes.output)})")

@@ -154,10 +154,14 @@ def _setup_logging(debug: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None) -> int:
-    options = parse_options(argv)
-    _setup_logging(options.debug)
     # SIGTERM unwinds like Ctrl-C so that every registered cleanup runs.
     restore_signals = signals.install()
+    try:
+        options = parse_options(argv)
+    except BaseException:
+        restore_signals()
+        raise
+    _setup_logging(options.debug)
     try:
         run(options, reporter or ConsoleReporter())
     except ImageCreatorError as exc:

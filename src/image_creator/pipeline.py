@@ -22,6 +22,7 @@ from image_creator.steps.output import default_build_dir
 from image_creator.steps.sizes import ensure_space, plan_sizes, space_shortages
 from image_creator.steps.sizes import report_sizes as show_sizes
 from image_creator.steps.sources import Inventory, SizeFrom, inspect_sources
+from image_creator.system.signals import AfterPublish
 from image_creator.ui.base import Reporter
 
 
@@ -33,6 +34,8 @@ def run(options: Options, reporter: Reporter) -> None:
     try:
         with ExitStack() as stack:
             _run(options, reporter, timeline, record, stack)
+    except AfterPublish as exc:
+        reporter.warning(f"{exc}: the build succeeded; {timeline.current or 'the rest'} cut short")
     except BaseException as exc:
         record.error = {
             "message": "; ".join(exc.lines()) if isinstance(exc, ImageCreatorError) else str(exc),

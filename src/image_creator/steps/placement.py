@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
 from image_creator.errors import BuildError, Interrupted, os_reason
+from image_creator.system.signals import releasing
 
 _T = TypeVar("_T")
 NAME_MAX = 255  # bytes in one file name, on ext4 as on most filesystems
@@ -182,7 +183,8 @@ def run_concurrently(tasks: Iterable[Callable[[threading.Event], _T]], *, worker
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
     futures: list[Future[_T]] = []
     try:
-        futures = [pool.submit(task, cancelled) for task in tasks]
+        for task in tasks:
+            futures.append(pool.submit(task, cancelled))
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         for future in futures:
             if future in done and future.exception() is not None:
@@ -192,4 +194,7 @@ def run_concurrently(tasks: Iterable[Callable[[threading.Event], _T]], *, worker
         cancelled.set()
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # every worker has stopped before the caller releases what they write to: a second
+        # signal must not cut this wait short (workers stop soon once cancelled)
+        with releasing():
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -27,15 +27,31 @@ HANDLED = (signal.SIGINT, signal.SIGTERM)
 class _Shield:
     depth: int = 0
     pending: int | None = None
+    published: bool = False  # the image is at OUTPUT: the build succeeded, whatever comes
+    told: bool = False  # AfterPublish was raised once already
 
 
 _shield = _Shield()
 
 
-def interruption(signum: int) -> BaseException:
+class AfterPublish(BaseException):
+    """A signal after the image was published. The build is done (exit 0); what was left
+    (the image's sha256 for the report, tidying the cache) is cut short."""
+
+
+def interruption(signum: int) -> BaseException | None:
+    """What a signal raises now: an interruption, AfterPublish once the image is published
+    (once: a second signal then changes nothing), or None."""
+    name = signal.Signals(signum).name
+    if _shield.published:
+        if _shield.told:
+            logger.warning("%s received after the image was published: ignored", name)
+            return None
+        _shield.told = True
+        return AfterPublish(f"{name} received after the image was published")
     if signum == signal.SIGINT:
         return KeyboardInterrupt()
-    return Interrupted(f"interrupted by {signal.Signals(signum).name}")
+    return Interrupted(f"interrupted by {name}")
 
 
 def _handle(signum: int, _frame: FrameType | None) -> None:
@@ -43,7 +59,14 @@ def _handle(signum: int, _frame: FrameType | None) -> None:
         _shield.pending = signum
         logger.warning("%s received: finishing the clean-up first", signal.Signals(signum).name)
         return
-    raise interruption(signum)
+    exc = interruption(signum)
+    if exc is not None:
+        raise exc
+
+
+def mark_published() -> None:
+    """The commit point: from now on a signal no longer fails the run (see AfterPublish)."""
+    _shield.published = True
 
 
 def install() -> Callable[[], None]:
@@ -53,6 +76,8 @@ def install() -> Callable[[], None]:
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
+    if _shield.depth == 0:  # a new run (tests run several in one process)
+        _shield.pending, _shield.published, _shield.told = None, False, False
     previous = {signum: signal.signal(signum, _handle) for signum in HANDLED}
 
     def restore() -> None:
@@ -77,4 +102,6 @@ def releasing() -> Iterator[None]:
         if _shield.depth == 0 and _shield.pending is not None:
             signum, _shield.pending = _shield.pending, None
             if sys.exc_info()[0] is None:
-                raise interruption(signum)
+                exc = interruption(signum)
+                if exc is not None:
+                    raise exc
