@@ -473,3 +473,23 @@ def test_tar_junk_is_skipped_and_counted(dest: Path) -> None:
     assert result.junk_kinds == JUNK_KINDS
     # skipped content is still read: the digest covers the whole archive
     assert hasher.hexdigest() == hashlib.sha256(archive).hexdigest()
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE])
+def test_a_huge_extended_header_is_refused_before_it_is_read(dest: Path, kind: bytes) -> None:
+    """A long-name or PAX header claiming megabytes would be read whole into memory (and its
+    name end up in the error line); a small archive can claim a gigabyte this way."""
+    claimed = 8 * 1024 * 1024
+    header = tarfile.TarInfo("././@LongLink")
+    header.type = kind
+    header.size = claimed
+    raw = header.tobuf(format=tarfile.GNU_FORMAT)[:512]
+    body = b"a" * claimed + build_tar([Member("real.txt", b"real")])
+    archive = gzip.compress(raw + body)
+    assert len(archive) < 100_000
+    with pytest.raises(SourceError) as caught:
+        extract_tar_stream(OneWayStream(archive), dest, compression="gz", source="http://h/x.tgz")
+    message = str(caught.value)
+    assert f"a {claimed}-byte extended header (at most 1048576 accepted)" in message
+    assert len(message) < 500
+    assert not (dest / "real.txt").exists()

@@ -76,6 +76,23 @@ def _decompressor(
     raise ValueError(f"unknown tar compression {compression!r}")
 
 
+# Long names (GNU) and extended headers (PAX) are read whole into memory by tarfile: a real
+# one is a few KiB; an archive claiming a 1 GiB header is refused before it is read.
+MAX_TAR_HEADER = 1024 * 1024
+_HEADER_TYPES = frozenset(
+    (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE)
+) | {tarfile.SOLARIS_XHDTYPE}
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _HEADER_TYPES and self.size > MAX_TAR_HEADER:
+            raise tarfile.HeaderError(
+                f"a {self.size}-byte extended header (at most {MAX_TAR_HEADER} accepted)"
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc, no-any-return]
+
+
 def extract_tar_stream(
     fileobj: ReadableStream,
     dest: Path,
@@ -103,7 +120,9 @@ def extract_tar_stream(
             stack.enter_context(decompressor)  # closing it leaves fileobj open
         stream: ReadableStream = decompressor or fileobj
         with extractor.reading():
-            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|"))  # type: ignore[call-overload]
+            tar = stack.enter_context(
+                tarfile.open(fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo)  # type: ignore[call-overload]
+            )
         while True:
             with extractor.reading():
                 member = tar.next()
