@@ -30,9 +30,17 @@ def describe_mode(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def open_regular(path: Path) -> BinaryIO:
-    """``path`` opened for reading; OSError (EINVAL, saying what it is) unless a regular file."""
-    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def open_regular(path: Path, *, follow_links: bool = True) -> BinaryIO:
+    """``path`` opened for reading; OSError (EINVAL, saying what it is) unless a regular file.
+
+    Without ``follow_links``, a symbolic link at ``path`` is refused too (ELOOP)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        handle = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_links:
+            raise OSError(errno.ELOOP, "is a symbolic link, not a regular file") from exc
+        raise
     try:
         mode = os.fstat(handle).st_mode
         if not stat.S_ISREG(mode):
@@ -44,9 +52,9 @@ def open_regular(path: Path) -> BinaryIO:
         raise
 
 
-def read_regular(path: Path, limit: int) -> bytes:
+def read_regular(path: Path, limit: int, *, follow_links: bool = True) -> bytes:
     """The bytes of the regular file ``path``; OSError (EFBIG) when it has more than ``limit``."""
-    with open_regular(path) as file:
+    with open_regular(path, follow_links=follow_links) as file:
         data = file.read(limit + 1)
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes")

@@ -11,11 +11,8 @@ inherited: filter, else kind, else main.
 from __future__ import annotations
 
 import contextlib
-import difflib
-import errno
 import os
 import re
-import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -27,9 +24,11 @@ from typing import Any, TypeVar
 import humanfriendly
 
 from image_creator.cache.entry import EntryKind
+from image_creator.config.document import DocumentReader, describe, join
 from image_creator.config.loader import parse_yaml
 from image_creator.config.units import UnitError, format_size, parse_duration, parse_size
 from image_creator.errors import ConfigError, os_reason
+from image_creator.localfile import read_regular
 
 _T = TypeVar("_T")
 _L = TypeVar("_L", int, timedelta)
@@ -200,48 +199,25 @@ _FILTER_KEYS = ("pattern", "ignore", *_RULE_KEYS)
 
 
 @dataclass
-class _Reader:
-    label: str
-    problems: list[str] = field(default_factory=list)
+class _Reader(DocumentReader):
+    """Walks the policy; an unknown key is an error (a misspelt limit would be ignored)."""
 
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{self.label}: {path}: {message}")
-
-    def check_keys(self, path: str, mapping: Mapping[Any, Any], known: tuple[str, ...]) -> None:
-        for key in mapping:
-            if key in known:
-                continue
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            self.problem(_join(path, str(key)), f"unknown key{hint}")
+    unknown_keys_are_errors: bool = True
 
     def mapping(self, path: str, value: Any) -> Mapping[Any, Any] | None:
-        if value is None:
-            return {}
-        if isinstance(value, Mapping):
-            return value
-        self.problem(path or "(top)", f"expected a mapping, got {_kind(value)}")
-        return None
-
-    def boolean(self, path: str, value: Any, default: bool) -> bool:
-        if value is None:
-            return default
-        if isinstance(value, bool):
-            return value
-        self.problem(path, f"expected true or false, got {_kind(value)}")
-        return default
+        return {} if value is None else super().mapping(path, value)
 
     def rule(self, path: str, mapping: Mapping[Any, Any], *, enabled: bool = True) -> Rule:
         return Rule(
             enabled=enabled,
-            max_size=self._limit_size(_join(path, "max_size"), mapping.get("max_size")),
-            max_age=self._limit_age(_join(path, "max_age"), mapping.get("max_age")),
-            max_num=self._count(_join(path, "max_num"), mapping.get("max_num")) or None,
-            check_after=self._duration(_join(path, "check_after"), mapping.get("check_after")),
+            max_size=self._limit_size(join(path, "max_size"), mapping.get("max_size")),
+            max_age=self._limit_age(join(path, "max_age"), mapping.get("max_age")),
+            max_num=self._count(join(path, "max_num"), mapping.get("max_num")) or None,
+            check_after=self._duration(join(path, "check_after"), mapping.get("check_after")),
             keep_identified_versions=self._count(
-                _join(path, "keep_identified_versions"), mapping.get("keep_identified_versions")
+                join(path, "keep_identified_versions"), mapping.get("keep_identified_versions")
             ),
-            eviction=self._eviction(_join(path, "eviction"), mapping.get("eviction")),
+            eviction=self._eviction(join(path, "eviction"), mapping.get("eviction")),
         )
 
     def _limit_size(self, path: str, value: Any) -> int | None:
@@ -270,25 +246,20 @@ class _Reader:
             return None
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
-        self.problem(path, f"expected a whole number (0 or more), got {_kind(value)}")
+        self.problem(path, f"expected a whole number (0 or more), got {describe(value)}")
         return None
 
     def _eviction(self, path: str, value: Any) -> EvictionStrategy | None:
         if value is None:
             return None
-        try:
-            return EvictionStrategy(str(value).strip().lower())
-        except ValueError:
-            allowed = ", ".join(member.value for member in EvictionStrategy)
-            self.problem(path, f"unknown eviction strategy {value!r}; expected one of: {allowed}")
-            return None
+        return self.choice(path, value, EvictionStrategy, "eviction strategy")
 
     def pattern(self, path: str, value: Any) -> re.Pattern[str] | None:
         if value is None:
             self.problem(path, "required: a filter needs a pattern (a regexp)")
             return None
         if not isinstance(value, str) or not value:
-            self.problem(path, f"expected a regexp, got {_kind(value)}")
+            self.problem(path, f"expected a regexp, got {describe(value)}")
             return None
         try:
             return re.compile(value)
@@ -308,15 +279,11 @@ class _Reader:
                     continue
                 if value > limit:
                     self.problem(
-                        _join(path, key),
-                        f"{_show(key, value)} is larger than {_join(parent_path, key)} "
+                        join(path, key),
+                        f"{_show(key, value)} is larger than {join(parent_path, key)} "
                         f"({_show(key, limit)}): sub-levels are bound by upper level",
                     )
                 break
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 def _show(key: str, value: int | timedelta) -> str:
@@ -330,37 +297,23 @@ def format_duration(value: timedelta) -> str:
     return str(humanfriendly.format_timespan(value.total_seconds()))
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, bool | int | float | str):
-        return f"{value!r}"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return "a list" if isinstance(value, list) else f"a {type(value).__name__}"
-
-
 def _read_kind(reader: _Reader, path: str, value: Any, main: Rule) -> KindPolicy:
     mapping = reader.mapping(path, value)
     if mapping is None:
         return KindPolicy()
     reader.check_keys(path, mapping, _KIND_KEYS)
-    enabled = reader.boolean(_join(path, "enabled"), mapping.get("enabled"), True)
+    enabled = reader.boolean(join(path, "enabled"), mapping.get("enabled"), True)
     rule = reader.rule(path, mapping, enabled=enabled)
     reader.bound(path, rule, [("", main)])
     filters: list[Filter] = []
-    raw_filters = mapping.get("filters")
-    if raw_filters is not None and not isinstance(raw_filters, list):
-        reader.problem(_join(path, "filters"), f"expected a list, got {_kind(raw_filters)}")
-        raw_filters = None
-    for index, item in enumerate(raw_filters or []):
+    for index, item in enumerate(reader.items(join(path, "filters"), mapping.get("filters"))):
         item_path = f"{path}.filters[{index}]"
         item_mapping = reader.mapping(item_path, item)
         if item_mapping is None:
             continue
         reader.check_keys(item_path, item_mapping, _FILTER_KEYS)
-        pattern = reader.pattern(_join(item_path, "pattern"), item_mapping.get("pattern"))
-        ignore = reader.boolean(_join(item_path, "ignore"), item_mapping.get("ignore"), False)
+        pattern = reader.pattern(join(item_path, "pattern"), item_mapping.get("pattern"))
+        ignore = reader.boolean(join(item_path, "ignore"), item_mapping.get("ignore"), False)
         filter_rule = reader.rule(item_path, item_mapping)
         reader.bound(item_path, filter_rule, [(path, rule), ("", main)])
         if pattern is not None:
@@ -413,28 +366,11 @@ def load_policy(cache_dir: Path, *, write_default: bool = True) -> Policy:
                 [f"{label}: cannot write the default cache policy: {os_reason(exc)}"]
             ) from exc
     try:
-        text = _read_policy(path).decode("utf-8")
+        # never followed: a link in the cache folder could aim at any host file
+        text = read_regular(path, POLICY_LIMIT, follow_links=False).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{label}: cannot read the cache policy: {os_reason(exc)}"]) from exc
     return parse_policy_text(text, label=label)
-
-
-def _read_policy(path: Path) -> bytes:
-    """The policy's bytes: a regular file, never followed (a symlink in the cache folder
-    could aim at any host file), never blocking (a FIFO), never huge."""
-    try:
-        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(errno.ELOOP, "a symbolic link, not a file") from exc
-        raise
-    with os.fdopen(handle, "rb") as file:
-        if not stat.S_ISREG(os.fstat(handle).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        data = file.read(POLICY_LIMIT + 1)
-    if len(data) > POLICY_LIMIT:
-        raise OSError(errno.EFBIG, f"larger than {POLICY_LIMIT} bytes")
-    return data
 
 
 def _write_default(path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
 import hashlib
 import logging
 import os
@@ -13,12 +12,13 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import yaml
 from docker_export import Image
 
+from image_creator.config.document import DocumentReader, describe
 from image_creator.config.model import (
     BASE_URL_TEMPLATE_ENV,
     CONFIG_COPIES,
@@ -35,14 +35,13 @@ from image_creator.config.model import (
     OciImage,
     Via,
 )
-from image_creator.config.units import SECTOR_SIZE, UnitError, parse_size, round_up
+from image_creator.config.units import SECTOR_SIZE, round_up
 from image_creator.errors import ConfigError, one_line, os_reason
 from image_creator.fetch.checksums import HEX_LENGTHS
 from image_creator.localfile import read_regular
 
 logger = logging.getLogger(__name__)
 
-_E = TypeVar("_E", Via, ChecksumAlgo, ChecksumKind)
 REMOTE_SCHEMES = ("http", "https")
 URL_SCHEMES = (*REMOTE_SCHEMES, "file")
 NAME_MAX = 255  # bytes in one file name on ext4
@@ -111,52 +110,21 @@ def parse_yaml(text: str, label: str) -> Any:
 
 
 @dataclass
-class _Reader:
-    """Collects problems and warnings while walking the document."""
+class _Reader(DocumentReader):
+    """Walks the config; unknown keys are warnings (the config may come from newer tools)."""
 
-    label: str
-    base_dir: Path
+    base_dir: Path = field(default_factory=Path.cwd)
     base_url: str | None = None  # a config read from a URL: relative sources are relative URLs
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(one_line(f"{self.label}: {path}: {message}"))
-
-    def warn(self, path: str, message: str) -> None:
-        self.warnings.append(one_line(f"{self.label}: {path}: {message}"))
-
-    def check_keys(self, path: str, mapping: Mapping[str, Any], known: tuple[str, ...]) -> None:
-        for key in mapping:
-            if key in known:
-                continue
-            where = f"{path}.{key}" if path else str(key)
-            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            self.warn(where, f"unknown key, ignored{hint}")
-
-    def mapping(self, path: str, value: Any) -> Mapping[str, Any] | None:
-        if isinstance(value, Mapping):
-            return value
-        self.problem(path, f"expected a mapping, got {_kind(value)}")
-        return None
 
     def string(self, path: str, value: Any) -> str | None:
         if not isinstance(value, str) or not value.strip():
-            self.problem(path, f"expected a non-empty string, got {_kind(value)}")
+            self.problem(path, f"expected a non-empty string, got {describe(value)}")
             return None
         problem = text_problem(value)
         if problem is not None:
             self.problem(path, problem)
             return None
         return value.strip()
-
-    def size(self, path: str, value: Any) -> int | None:
-        try:
-            return parse_size(value)
-        except UnitError as exc:
-            self.problem(path, str(exc))
-            return None
 
     def optional_size(self, path: str, value: Any) -> int | None:
         """A size, or None when absent. Generators write a negative number for "unknown"
@@ -165,14 +133,6 @@ class _Reader:
             self.warn(path, f"{value} means unknown: the size is taken from the source")
             return None
         return None if value is None else self.size(path, value)
-
-    def choice(self, path: str, value: Any, enum: type[_E]) -> _E | None:
-        try:
-            return enum(str(value).strip().lower())
-        except ValueError:
-            allowed = ", ".join(member.value for member in enum)
-            self.problem(path, f"unknown value {value!r}; expected one of: {allowed}")
-            return None
 
     def source_url(self, path: str, value: Any) -> str | None:
         """An http(s)/file URL; a local path (relative to the config's folder) becomes file://."""
@@ -201,14 +161,6 @@ class _Reader:
             self.problem(path, f"not a usable path ({os_reason(exc)}): {text}")
             return None
 
-    def items(self, path: str, value: Any) -> list[Any]:
-        if value is None:
-            return []
-        if isinstance(value, list):
-            return value
-        self.problem(path, f"expected a list, got {_kind(value)}")
-        return []
-
 
 def text_problem(text: str) -> str | None:
     """Why ``text`` cannot be used as a name, URL or content (None when it can)."""
@@ -219,14 +171,6 @@ def text_problem(text: str) -> str | None:
     except UnicodeEncodeError:
         return "is not valid Unicode text (a lone surrogate)"
     return None
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
 
 
 def _base_url_for_version(reader: _Reader, version: str) -> str | None:
@@ -382,7 +326,7 @@ def _read_file(reader: _Reader, path: str, value: Any) -> FileEntry | None:
     raw_content = mapping.get("content")
     if raw_content is not None:
         if not isinstance(raw_content, str):
-            reader.problem(f"{path}.content", f"expected text, got {_kind(raw_content)}")
+            reader.problem(f"{path}.content", f"expected text, got {describe(raw_content)}")
         elif via is Via.BASE64:
             try:
                 content = base64.b64decode(raw_content, validate=False)
@@ -462,7 +406,7 @@ def parse_config(
     """
     reader = _Reader(label=label, base_dir=base_dir, base_url=base_url)
     if not isinstance(document, Mapping):
-        raise ConfigError([f"{label}: expected a mapping at the top, got {_kind(document)}"])
+        raise ConfigError([f"{label}: expected a mapping at the top, got {describe(document)}"])
     reader.check_keys(
         "", document, ("base", "output", "oci_images", "files", "write_config", "offspot")
     )
@@ -484,13 +428,11 @@ def parse_config(
         seen_idents[image.ident] = index
         oci_images.append(image)
 
-    write_config = document.get("write_config", False)
-    if not isinstance(write_config, bool):
-        reader.problem("write_config", f"expected true or false, got {_kind(write_config)}")
-    files = _read_files(reader, document.get("files"), write_config=write_config is True)
+    write_config = reader.boolean("write_config", document.get("write_config"), False)
+    files = _read_files(reader, document.get("files"), write_config=write_config)
     offspot = document.get("offspot") or {}
     if not isinstance(offspot, Mapping):
-        reader.problem("offspot", f"expected a mapping, got {_kind(offspot)}")
+        reader.problem("offspot", f"expected a mapping, got {describe(offspot)}")
 
     if reader.problems or base is None:
         raise ConfigError(reader.problems)
@@ -499,7 +441,7 @@ def parse_config(
         output_size=output_size,
         oci_images=tuple(oci_images),
         files=tuple(files),
-        write_config=bool(write_config),
+        write_config=write_config,
         offspot=dict(offspot),
     )
     return LoadedConfig(config=config, warnings=tuple(reader.warnings))
