@@ -220,7 +220,7 @@ def test_fault_slow_throttles(served: HttpServer) -> None:
     response = requests.get(served.url("/a.zim"), timeout=5)
     elapsed = time.monotonic() - started
     assert response.content == CONTENT
-    assert 0.4 <= elapsed < 3
+    assert 0.4 <= elapsed  # throttled: it cannot have come sooner (no upper bound: load)
 
 
 def test_clear_faults_and_log(served: HttpServer) -> None:
