@@ -218,9 +218,9 @@ def test_fault_slow_throttles(served: HttpServer) -> None:
     served.fault("/a.zim", slow=20_000)  # 10240 bytes at 20 kB/s: about 0.5 s
     started = time.monotonic()
     response = requests.get(served.url("/a.zim"), timeout=5)
-    elapsed = time.monotonic() - started
     assert response.content == CONTENT
-    assert 0.4 <= elapsed  # throttled: it cannot have come sooner (no upper bound: load)
+    # throttled: it cannot have come sooner (a lower bound only; a loaded machine is slower)
+    assert time.monotonic() - started >= 0.4
 
 
 def test_clear_faults_and_log(served: HttpServer) -> None:
