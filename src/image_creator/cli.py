@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from image_creator.__about__ import __version__
+from image_creator.config.model import BASE_URL_TEMPLATE_ENV, DEFAULT_BASE_URL_TEMPLATE
 from image_creator.config.units import UnitError, parse_size
 from image_creator.errors import ExitCode, ImageCreatorError, exit_code_for, one_line
 from image_creator.options import DEFAULT_CONCURRENCY, Options
@@ -142,6 +144,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         max_size=args.max_size,
         report=args.report,
         debug=args.debug,
+        release_url_template=os.environ.get(BASE_URL_TEMPLATE_ENV) or DEFAULT_BASE_URL_TEMPLATE,
     )
 
 

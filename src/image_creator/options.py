@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from image_creator.config.model import DEFAULT_BASE_URL_TEMPLATE
+
 DEFAULT_CONCURRENCY = 4
 
 
@@ -22,3 +24,5 @@ class Options:
     max_size: int | None = None
     report: Path | None = None
     debug: bool = False
+    # where release numbers (base: 1.2.1) are fetched from: IMAGE_CREATOR_BASE_URL_TEMPLATE
+    release_url_template: str = DEFAULT_BASE_URL_TEMPLATE

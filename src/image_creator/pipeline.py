@@ -59,7 +59,11 @@ def _run(
         show_cache(cache, reporter)
         return
     with timeline.step("Reading config"):
-        loaded = load_config(options.config_src, read_url=http.read_config)
+        loaded = load_config(
+            options.config_src,
+            read_url=http.read_config,
+            release_url_template=options.release_url_template,
+        )
         record.config_sha256 = loaded.sha256
         for warning in loaded.warnings:
             reporter.warning(warning)

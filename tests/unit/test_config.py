@@ -11,6 +11,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from image_creator.cli import parse_options
 from image_creator.config.loader import LoadedConfig, load_config, parse_config, parse_yaml
 from image_creator.config.model import (
     BASE_URL_TEMPLATE_ENV,
@@ -149,8 +150,17 @@ def test_base_versions_map_to_the_release_url(version: str, expected: str) -> No
 
 
 def test_base_url_template_is_overridable(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = parse_config(
+        {"base": "1.2.1"},
+        label="cfg.yaml",
+        base_dir=Path("/srv"),
+        release_url_template="http://127.0.0.1:9/base-{version}.img",
+    )
+    assert loaded.config.base.url == "http://127.0.0.1:9/base-1.2.1.img"
+    # the CLI reads it from the environment, into the run's options
     monkeypatch.setenv(BASE_URL_TEMPLATE_ENV, "http://127.0.0.1:9/base-{version}.img")
-    assert parse("base: 1.2.1\n").config.base.url == "http://127.0.0.1:9/base-1.2.1.img"
+    options = parse_options(["--check", "config.yaml"])
+    assert options.release_url_template == "http://127.0.0.1:9/base-{version}.img"
 
 
 def test_local_paths_become_file_urls_relative_to_the_config(tmp_path: Path) -> None:
@@ -420,9 +430,15 @@ def test_inputs_that_used_to_crash_are_named_config_errors(
     assert all(len(line) <= 500 and "\n" not in line for line in info.value.lines())
 
 
-def test_a_broken_base_url_template_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(BASE_URL_TEMPLATE_ENV, "https://mirror/{release}.img")
-    assert problems("base: 1.2.1\n") == [
+def test_a_broken_base_url_template_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {"base": "1.2.1"},
+            label="cfg.yaml",
+            base_dir=Path("/srv"),
+            release_url_template="https://mirror/{release}.img",
+        )
+    assert info.value.lines() == [
         "cfg.yaml: base: IMAGE_CREATOR_BASE_URL_TEMPLATE='https://mirror/{release}.img' is not "
         "a URL template with {version} (KeyError: 'release')"
     ]

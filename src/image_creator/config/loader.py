@@ -6,7 +6,6 @@ import base64
 import binascii
 import hashlib
 import logging
-import os
 import posixpath
 import re
 from collections.abc import Callable, Mapping
@@ -115,6 +114,7 @@ class _Reader(DocumentReader):
 
     base_dir: Path = field(default_factory=Path.cwd)
     base_url: str | None = None  # a config read from a URL: relative sources are relative URLs
+    release_url_template: str = DEFAULT_BASE_URL_TEMPLATE
 
     def string(self, path: str, value: Any) -> str | None:
         if not isinstance(value, str) or not value.strip():
@@ -174,7 +174,7 @@ def text_problem(text: str) -> str | None:
 
 
 def _base_url_for_version(reader: _Reader, version: str) -> str | None:
-    template = os.environ.get(BASE_URL_TEMPLATE_ENV) or DEFAULT_BASE_URL_TEMPLATE
+    template = reader.release_url_template
     try:
         url = template.format(version=version)
     except (KeyError, IndexError, ValueError, AttributeError) as exc:
@@ -398,13 +398,24 @@ def _reserved_by_the_build(entry: FileEntry, *, write_config: bool) -> str | Non
 
 
 def parse_config(
-    document: Any, *, label: str, base_dir: Path, base_url: str | None = None
+    document: Any,
+    *,
+    label: str,
+    base_dir: Path,
+    base_url: str | None = None,
+    release_url_template: str = DEFAULT_BASE_URL_TEMPLATE,
 ) -> LoadedConfig:
     """A Config from a parsed YAML document, or a ConfigError listing every problem.
 
-    Relative paths in it are relative to ``base_dir``, or to ``base_url`` when given.
+    Relative paths in it are relative to ``base_dir``, or to ``base_url`` when given; a
+    release number (``base: 1.2.1``) becomes ``release_url_template`` with it.
     """
-    reader = _Reader(label=label, base_dir=base_dir, base_url=base_url)
+    reader = _Reader(
+        label=label,
+        base_dir=base_dir,
+        base_url=base_url,
+        release_url_template=release_url_template,
+    )
     if not isinstance(document, Mapping):
         raise ConfigError([f"{label}: expected a mapping at the top, got {describe(document)}"])
     reader.check_keys(
@@ -447,7 +458,12 @@ def parse_config(
     return LoadedConfig(config=config, warnings=tuple(reader.warnings))
 
 
-def load_config(source: str, *, read_url: Callable[[str], bytes]) -> LoadedConfig:
+def load_config(
+    source: str,
+    *,
+    read_url: Callable[[str], bytes],
+    release_url_template: str = DEFAULT_BASE_URL_TEMPLATE,
+) -> LoadedConfig:
     """Read CONFIG_SRC (a path or an http(s) URL) and parse it; its bytes are kept as read."""
     base_url = None
     if urlsplit(source).scheme.lower() in REMOTE_SCHEMES:
@@ -465,7 +481,11 @@ def load_config(source: str, *, read_url: Callable[[str], bytes]) -> LoadedConfi
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{source}: cannot read config: not UTF-8 text ({exc.reason})"]) from exc
     loaded = parse_config(
-        parse_yaml(text, source), label=source, base_dir=base_dir, base_url=base_url
+        parse_yaml(text, source),
+        label=source,
+        base_dir=base_dir,
+        base_url=base_url,
+        release_url_template=release_url_template,
     )
     return replace(
         loaded,
