@@ -29,12 +29,17 @@ from image_creator.config.model import (
     Via,
 )
 from image_creator.config.units import format_size
-from image_creator.errors import SourceError
+from image_creator.errors import BuildError, SourceError
 from image_creator.fetch import http, oci
 from image_creator.fetch.archive_probe import ArchiveFacts, inspect_archive
 from image_creator.fetch.checksums import parse_checksum_text
 from image_creator.fetch.http import RemoteInfo
-from image_creator.system.partitions import MBR_SECTOR_SIZE, PartitionTable, parse_mbr
+from image_creator.system.partitions import (
+    MBR_SECTOR_SIZE,
+    PartitionTable,
+    data_partition,
+    parse_mbr,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +163,13 @@ def inspect_base(base: BaseImage, cache: CacheStore | None = None) -> BaseSource
             f"{base.url}: cannot read the base image's partition table; "
             "give base.root_size to size the image"
         )
+    if table is not None:
+        # what the build refuses once it has the image (no partition 3, or not the last
+        # one), refused here already: --check says it, and a build downloads nothing
+        try:
+            data_partition(table)
+        except BuildError as exc:
+            raise SourceError(f"{base.url}: {exc.message}") from exc
     return BaseSource(image=base, remote=info, table=table, checksum=checksum, warnings=warnings)
 
 
