@@ -9,9 +9,7 @@ image can be published.
 from __future__ import annotations
 
 import functools
-import os
 
-from image_creator.checks.paths import BUILD_FOLDER_PREFIX
 from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.errors import BuildError
@@ -21,10 +19,13 @@ from image_creator.steps.configs import write_image_config, write_offspot_config
 from image_creator.steps.files import place_file
 from image_creator.steps.images import place_image
 from image_creator.steps.output import (
+    build_folder,
     default_build_dir,
+    disk_faults,
+    ensure_room_to_write,
     partial_output,
+    probe_size,
     publish,
-    temporary_directory,
 )
 from image_creator.steps.placement import placement_rounds, run_concurrently, run_in_rounds
 from image_creator.steps.sizes import (
@@ -33,7 +34,11 @@ from image_creator.steps.sizes import (
     plan_sizes,
     report_sizes,
 )
-from image_creator.system.ext4 import check_filesystem, resize_filesystem
+from image_creator.system.ext4 import (
+    check_filesystem,
+    ensure_cleanly_unmounted,
+    resize_filesystem,
+)
 from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.loop import attached_partition
 from image_creator.system.mount import mounted
@@ -50,9 +55,10 @@ def build(ctx: Context) -> None:
     image = ctx.stack.enter_context(
         partial_output(options.output, keep=options.keep, reporter=reporter)
     )
-    build_dir = ctx.stack.enter_context(
-        temporary_directory(default_build_dir(options), prefix=BUILD_FOLDER_PREFIX)
-    )
+    build_dir = ctx.stack.enter_context(build_folder(default_build_dir(options), reporter=reporter))
+    # released first: a failure is put down to a full host volume before anything is removed
+    ctx.stack.enter_context(disk_faults(image))
+    probe_size(image, sizes.output)
 
     with ctx.timeline.step("Fetching base image"):
         with reporter.progress("base image", inventory.base.download_size) as advance:
@@ -84,10 +90,12 @@ def build(ctx: Context) -> None:
             resize_filesystem(device)
             check_filesystem(device, fix=True)
             ensure_room(device, sizes)
+            ensure_room_to_write(image, sizes.content)
 
         mountpoint = build_dir / "data"
         mountpoint.mkdir()
-        with mounted(device, mountpoint) as root:
+        # leaving it syncs the data filesystem and fails on any write lost since it was mounted
+        with mounted(device, mountpoint, label="the data partition") as root:
             if inventory.images:
                 with ctx.timeline.step("Pulling OCI images"):
                     exports = build_dir / "exports"
@@ -122,9 +130,9 @@ def build(ctx: Context) -> None:
                     )
             if config.write_config:
                 write_image_config(root, config.raw)
-            os.sync()
 
         with ctx.timeline.step("Checking data filesystem"):
+            ensure_cleanly_unmounted(device)
             check_filesystem(device, fix=False)
 
     if config.offspot:

@@ -101,12 +101,29 @@ def staged(
     except BaseException:
         remove(staging)
         raise
+    if not directory:
+        _fsync_or_remove(staging)
     if directory and target.is_dir() and not target.is_symlink():
         _merge_into(staging, target, on_replace or _ignore)
         return
     if (target.exists() or target.is_symlink()) and (directory or target.is_dir()):
         remove(target)  # a rename puts neither a folder over a file nor a file over a folder
     staging.replace(target)
+
+
+def _fsync_or_remove(staging: Path) -> None:
+    """A file takes its name only once its bytes are on the device: a write lost at
+    writeback (the image's own volume full) fails the entry here, instead of leaving a file
+    whose content never reached the image. Folders are synced with the whole filesystem."""
+    try:
+        handle = os.open(staging, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except BaseException:
+        remove(staging)
+        raise
 
 
 def _merge_into(staging: Path, target: Path, on_replace: Callable[[Path], None]) -> None:

@@ -32,6 +32,26 @@ def check_filesystem(device: Path, *, fix: bool) -> None:
     logger.debug("filesystem on %s is clean", device)
 
 
+def ensure_cleanly_unmounted(device: Path) -> None:
+    """The superblock of an unmounted filesystem says it was written in full: state "clean"
+    and no journal left to replay.
+
+    ``e2fsck -n`` does not tell: it skips the journal (it may not write) and exits 0 on a
+    filesystem whose last writes never reached the device ("clean with errors",
+    needs_recovery), which is what a failed write through a loop device leaves.
+    """
+    fields = _superblock(device)
+    state = fields.get("Filesystem state", "")
+    unreplayed = "needs_recovery" in fields.get("Filesystem features", "").split()
+    if state != "clean" or unreplayed:
+        problems = [f"state {state!r}"] if state != "clean" else []
+        problems += ["journal not replayed"] if unreplayed else []
+        raise BuildError(
+            f"{device}: the data filesystem was not written in full ({', '.join(problems)}): "
+            "a write to the image failed"
+        )
+
+
 def resize_filesystem(device: Path, *, size: int | None = None) -> None:
     """Grow the filesystem on ``device`` to fill it (or to ``size`` bytes: a regular file).
 

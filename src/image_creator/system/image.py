@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
-from image_creator.errors import BuildError
+from image_creator.errors import BuildError, OutputError
 from image_creator.system.partitions import (
     DATA_PARTITION_NUMBER,
     Partition,
@@ -38,7 +39,15 @@ def grow_image_file(path: Path, size: int) -> None:
         return
     logger.debug("growing %s from %d to %d bytes", path, current, size)
     with path.open("r+b") as image:
-        image.truncate(size)
+        try:
+            image.truncate(size)
+        except OSError as exc:
+            if exc.errno != errno.EFBIG:
+                raise
+            raise OutputError(
+                f"output.size: {size} bytes is more than the largest "
+                f"file the filesystem of {path.parent} can hold (File too large)"
+            ) from exc
 
 
 def grow_data_partition(image: Path) -> Partition:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from image_creator.errors import CommandError
+from image_creator.errors import BuildError, CommandError
 from image_creator.system.partitions import Partition
 from image_creator.system.run import run
 from image_creator.system.signals import releasing
@@ -23,7 +26,8 @@ def attached_partition(image: Path, partition: Partition) -> Iterator[Path]:
     partition's byte range directly. "Find a free device" and "attach" are one losetup call,
     so no other process can take the device in between. Meant to be entered on the build's
     ExitStack: the detach is armed as soon as the device exists, and runs on success, on an
-    error and on Ctrl-C.
+    error and on Ctrl-C. Before a successful exit the device is flushed (fsync): what was
+    written through it reaches the image file, or the block fails.
     """
     offset, size = partition.start_bytes, partition.size_bytes
     known = set(attached_loop_devices(image))
@@ -44,6 +48,7 @@ def attached_partition(image: Path, partition: Partition) -> Iterator[Path]:
         device = Path(result.stdout.strip())
         logger.debug("attached partition %d of %s as %s", partition.number, image, device)
         yield device
+        flush_loop_device(device, image)
     except BaseException:
         with releasing():
             if device is None:
@@ -57,6 +62,21 @@ def attached_partition(image: Path, partition: Partition) -> Iterator[Path]:
     else:
         with releasing():
             detach_loop_device(device)
+
+
+def flush_loop_device(device: Path, image: Path) -> None:
+    """fsync the device: its cached blocks are written to ``image`` and the image file is
+    synced (the loop driver turns a flush into an fsync of its backing file). An error
+    here means that something written through the device is not in the image."""
+    handle = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(handle)
+    except OSError as exc:
+        raise BuildError(
+            f"writing {image} through {device} failed: {os.strerror(exc.errno or 0)}"
+        ) from exc
+    finally:
+        os.close(handle)
 
 
 def detach_loop_device(device: Path) -> None:
@@ -97,4 +117,26 @@ def _devices_mapping(image: Path, offset: int, size: int) -> set[str]:
         fields = line.split()
         if len(fields) == 3 and fields[1:] == [str(offset), str(size)]:
             devices.add(fields[0])
+    return devices
+
+
+@dataclass(frozen=True)
+class LoopDevice:
+    name: Path
+    backing_file: Path  # as the kernel names it, without its " (deleted)" mark
+    deleted: bool  # the file was removed while the device kept it open
+
+
+_DELETED = " (deleted)"
+
+
+def loop_devices() -> list[LoopDevice]:
+    """Every attached loop device with its backing file (``losetup --list``)."""
+    result = run(["losetup", "--list", "--json", "--output", "NAME,BACK-FILE"])
+    devices: list[LoopDevice] = []
+    for entry in json.loads(result.stdout or "{}").get("loopdevices", []):
+        name, backing = entry.get("name"), entry.get("back-file")
+        if isinstance(name, str) and isinstance(backing, str) and backing:
+            deleted = backing.endswith(_DELETED)
+            devices.append(LoopDevice(Path(name), Path(backing.removesuffix(_DELETED)), deleted))
     return devices
