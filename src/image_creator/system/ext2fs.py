@@ -1,0 +1,770 @@
+"""A typed ctypes binding to libext2fs (e2fsprogs): the few calls an offline writer needs.
+
+The library edits an ext2/3/4 filesystem that nobody has mounted, inside an image file at a
+byte offset, with the rights of the file alone: no loop device, no mount, no root. Layouts
+and constants come from the e2fsprogs 1.47 headers (``/usr/include/ext2fs/ext2fs.h`` and
+``ext2_fs.h``, package ``libext2fs-dev``); only ``libext2fs.so.2`` and ``libcom_err.so.2``
+are needed at run time (package ``libext2fs2``, installed with e2fsprogs).
+
+Every call that returns an ``errcode_t`` is checked: a non-zero code becomes an
+:class:`Ext2fsError` naming the operation, the path inside the filesystem and libcom_err's
+message. libext2fs is not thread-safe: one :class:`Ext2Filesystem` is used by one thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from image_creator.errors import BuildError, HostError
+
+logger = logging.getLogger(__name__)
+
+EXT2_LIBRARY = "libext2fs.so.2"
+COM_ERR_LIBRARY = "libcom_err.so.2"
+
+ROOT_INO = 2  # EXT2_ROOT_INO
+LINK_MAX = 65000  # EXT2_LINK_MAX
+GOOD_OLD_INODE_SIZE = 128
+N_BLOCKS = 15  # EXT2_N_BLOCKS
+
+# ext2fs_open2 flags
+_FLAG_RW = 0x01
+_FLAG_64BITS = 0x20000
+# ext2fs_file_open flags
+_FILE_WRITE = 0x0001
+
+# superblock s_state
+VALID_FS = 0x0001
+ERROR_FS = 0x0002
+# features
+_INCOMPAT_RECOVER = 0x0004
+_INCOMPAT_EXTENTS = 0x0040
+# inode i_flags
+_EXTENTS_FL = 0x00080000
+# the extent tree header a new extent-mapped inode starts with (ext3_extents.h)
+_EXTENT_MAGIC = 0xF30A
+_EXTENT_HEADER_SIZE = 12
+_EXTENT_ENTRY_SIZE = 12
+
+# room kept when writing: extent tree blocks a write may need besides its data blocks
+_EXTENTS_PER_BLOCK = 340  # (4096 - 12) / 12 entries in a 4 KiB extent block
+_TREE_MARGIN_BLOCKS = 8
+
+# directory entry file types (EXT2_FT_*)
+FT_REG_FILE = 1
+FT_DIR = 2
+FT_SYMLINK = 7
+
+# errcode_t values of the ext2 error table (ext2_err.h) that callers act upon
+ET_DIR_NO_SPACE = 2133571366
+ET_BLOCK_ALLOC_FAIL = 2133571400
+ET_INODE_ALLOC_FAIL = 2133571401
+ET_FILE_NOT_FOUND = 2133571404
+ET_DIR_NO_SPACE_FOR_CSUM = 2133571477
+NO_SPACE_CODES = frozenset({ET_BLOCK_ALLOC_FAIL, ET_INODE_ALLOC_FAIL, errno.ENOSPC})
+
+# Linux mode bits as stored in i_mode
+S_IFMT = 0o170000
+S_IFREG = 0o100000
+S_IFDIR = 0o040000
+S_IFLNK = 0o120000
+
+_EPOCH_BITS = 2
+_EPOCH_MASK = (1 << _EPOCH_BITS) - 1
+
+errcode_t = ctypes.c_long
+ext2_ino_t = ctypes.c_uint32
+blk64_t = ctypes.c_uint64
+ext2_filsys = ctypes.c_void_p  # struct_ext2_filsys *, read through _FilsysHead
+ext2_file_t = ctypes.c_void_p
+
+
+class Inode(ctypes.Structure):
+    """``struct ext2_inode_large`` (the first 160 bytes of an on-disk inode), with the
+    ``osd1``/``osd2`` unions flattened to their Linux members."""
+
+    _fields_ = (
+        ("i_mode", ctypes.c_uint16),
+        ("i_uid", ctypes.c_uint16),
+        ("i_size", ctypes.c_uint32),
+        ("i_atime", ctypes.c_uint32),
+        ("i_ctime", ctypes.c_uint32),
+        ("i_mtime", ctypes.c_uint32),
+        ("i_dtime", ctypes.c_uint32),
+        ("i_gid", ctypes.c_uint16),
+        ("i_links_count", ctypes.c_uint16),
+        ("i_blocks", ctypes.c_uint32),
+        ("i_flags", ctypes.c_uint32),
+        ("l_i_version", ctypes.c_uint32),
+        ("i_block", ctypes.c_uint32 * N_BLOCKS),
+        ("i_generation", ctypes.c_uint32),
+        ("i_file_acl", ctypes.c_uint32),
+        ("i_size_high", ctypes.c_uint32),
+        ("i_faddr", ctypes.c_uint32),
+        ("l_i_blocks_hi", ctypes.c_uint16),
+        ("l_i_file_acl_high", ctypes.c_uint16),
+        ("l_i_uid_high", ctypes.c_uint16),
+        ("l_i_gid_high", ctypes.c_uint16),
+        ("l_i_checksum_lo", ctypes.c_uint16),
+        ("l_i_reserved", ctypes.c_uint16),
+        ("i_extra_isize", ctypes.c_uint16),
+        ("i_checksum_hi", ctypes.c_uint16),
+        ("i_ctime_extra", ctypes.c_uint32),
+        ("i_mtime_extra", ctypes.c_uint32),
+        ("i_atime_extra", ctypes.c_uint32),
+        ("i_crtime", ctypes.c_uint32),
+        ("i_crtime_extra", ctypes.c_uint32),
+        ("i_version_hi", ctypes.c_uint32),
+        ("i_projid", ctypes.c_uint32),
+    )
+
+    @property
+    def size(self) -> int:
+        return int(self.i_size) | int(self.i_size_high) << 32
+
+    @property
+    def uid(self) -> int:
+        return int(self.i_uid) | int(self.l_i_uid_high) << 16
+
+    @uid.setter
+    def uid(self, value: int) -> None:
+        self.i_uid, self.l_i_uid_high = value & 0xFFFF, value >> 16 & 0xFFFF
+
+    @property
+    def gid(self) -> int:
+        return int(self.i_gid) | int(self.l_i_gid_high) << 16
+
+    @gid.setter
+    def gid(self, value: int) -> None:
+        self.i_gid, self.l_i_gid_high = value & 0xFFFF, value >> 16 & 0xFFFF
+
+    @property
+    def file_acl(self) -> int:
+        return int(self.i_file_acl) | int(self.l_i_file_acl_high) << 32
+
+    def has_extra(self, field: str) -> bool:
+        """Whether this inode stores ``field`` (one past the first 128 bytes)."""
+        end = getattr(Inode, field).offset + getattr(Inode, field).size
+        return bool(GOOD_OLD_INODE_SIZE + int(self.i_extra_isize) >= end)
+
+    def mtime_ns(self) -> int:
+        extra = int(self.i_mtime_extra) if self.has_extra("i_mtime_extra") else 0
+        return _decode_time(int(self.i_mtime), extra)
+
+    def set_times_ns(self, *, mtime_ns: int | None = None, ctime_ns: int | None = None) -> None:
+        """Set mtime (and atime, to the same instant) and ctime, with nanoseconds and the
+        epoch bits past 2038 where the inode has room for them."""
+        if mtime_ns is not None:
+            seconds, extra = _encode_time(mtime_ns)
+            self.i_mtime = self.i_atime = seconds
+            if self.has_extra("i_mtime_extra") and self.has_extra("i_atime_extra"):
+                self.i_mtime_extra = self.i_atime_extra = extra
+        if ctime_ns is not None:
+            seconds, extra = _encode_time(ctime_ns)
+            self.i_ctime = seconds
+            if self.has_extra("i_ctime_extra"):
+                self.i_ctime_extra = extra
+
+
+INODE_LARGE_SIZE = ctypes.sizeof(Inode)  # 160, as in the headers (a test checks it)
+
+
+def _encode_time(ns: int) -> tuple[int, int]:
+    """(seconds field, extra field): 32 low bits of the seconds, signed; the extra field holds
+    the nanoseconds and two more bits of seconds (the ext4 encoding, good until 2446)."""
+    seconds, nanoseconds = divmod(ns, 1_000_000_000)
+    low = seconds & 0xFFFFFFFF
+    signed_low = low - (1 << 32) if low & 0x80000000 else low
+    epoch = ((seconds - signed_low) >> 32) & _EPOCH_MASK
+    return low, nanoseconds << _EPOCH_BITS | epoch
+
+
+def _decode_time(field: int, extra: int) -> int:
+    signed = field - (1 << 32) if field & 0x80000000 else field
+    seconds = signed + ((extra & _EPOCH_MASK) << 32)
+    return seconds * 1_000_000_000 + (extra >> _EPOCH_BITS)
+
+
+class _SuperBlockHead(ctypes.Structure):
+    """The first 0x68 bytes of ``struct ext2_super_block``: counts, state and features."""
+
+    _fields_ = (
+        ("s_inodes_count", ctypes.c_uint32),
+        ("s_blocks_count", ctypes.c_uint32),
+        ("s_r_blocks_count", ctypes.c_uint32),
+        ("s_free_blocks_count", ctypes.c_uint32),
+        ("s_free_inodes_count", ctypes.c_uint32),
+        ("s_first_data_block", ctypes.c_uint32),
+        ("s_log_block_size", ctypes.c_uint32),
+        ("s_log_cluster_size", ctypes.c_uint32),
+        ("s_blocks_per_group", ctypes.c_uint32),
+        ("s_clusters_per_group", ctypes.c_uint32),
+        ("s_inodes_per_group", ctypes.c_uint32),
+        ("s_mtime", ctypes.c_uint32),
+        ("s_wtime", ctypes.c_uint32),
+        ("s_mnt_count", ctypes.c_uint16),
+        ("s_max_mnt_count", ctypes.c_int16),
+        ("s_magic", ctypes.c_uint16),
+        ("s_state", ctypes.c_uint16),
+        ("s_errors", ctypes.c_uint16),
+        ("s_minor_rev_level", ctypes.c_uint16),
+        ("s_lastcheck", ctypes.c_uint32),
+        ("s_checkinterval", ctypes.c_uint32),
+        ("s_creator_os", ctypes.c_uint32),
+        ("s_rev_level", ctypes.c_uint32),
+        ("s_def_resuid", ctypes.c_uint16),
+        ("s_def_resgid", ctypes.c_uint16),
+        ("s_first_ino", ctypes.c_uint32),
+        ("s_inode_size", ctypes.c_uint16),
+        ("s_block_group_nr", ctypes.c_uint16),
+        ("s_feature_compat", ctypes.c_uint32),
+        ("s_feature_incompat", ctypes.c_uint32),
+        ("s_feature_ro_compat", ctypes.c_uint32),
+    )
+
+
+class _FilsysHead(ctypes.Structure):
+    """The first members of ``struct struct_ext2_filsys``, up to the block size."""
+
+    _fields_ = (
+        ("magic", errcode_t),
+        ("io", ctypes.c_void_p),
+        ("flags", ctypes.c_int),
+        ("device_name", ctypes.c_char_p),
+        ("super", ctypes.POINTER(_SuperBlockHead)),
+        ("blocksize", ctypes.c_uint),
+    )
+
+
+class Ext2fsError(BuildError):
+    """A libext2fs call failed; ``code`` is its errcode_t (an errno, or EXT2_ET_*)."""
+
+    def __init__(self, operation: str, where: str, code: int, message: str) -> None:
+        self.operation = operation
+        self.where = where
+        self.code = code
+        super().__init__(f"{where}: {operation} failed: {message}")
+
+    @property
+    def no_space(self) -> bool:
+        """The filesystem is out of blocks or inodes."""
+        return self.code in NO_SPACE_CODES
+
+
+_Argtypes = tuple[Any, ...]
+
+# name -> (argtypes, restype); every errcode_t result is checked by Ext2Filesystem._check
+_SIGNATURES: dict[str, tuple[_Argtypes, Any]] = {
+    "initialize_ext2_error_table": ((), None),
+    "ext2fs_open2": (
+        (
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.POINTER(ext2_filsys),
+        ),
+        errcode_t,
+    ),
+    "ext2fs_close_free": ((ctypes.POINTER(ext2_filsys),), errcode_t),
+    "ext2fs_flush": ((ext2_filsys,), errcode_t),
+    "ext2fs_read_bitmaps": ((ext2_filsys,), errcode_t),
+    "ext2fs_mark_super_dirty": ((ext2_filsys,), None),
+    "ext2fs_free_blocks_count": ((ctypes.POINTER(_SuperBlockHead),), blk64_t),
+    "ext2fs_blocks_count": ((ctypes.POINTER(_SuperBlockHead),), blk64_t),
+    "ext2fs_r_blocks_count": ((ctypes.POINTER(_SuperBlockHead),), blk64_t),
+    "ext2fs_lookup": (
+        (
+            ext2_filsys,
+            ext2_ino_t,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.POINTER(ext2_ino_t),
+        ),
+        errcode_t,
+    ),
+    "ext2fs_mkdir": ((ext2_filsys, ext2_ino_t, ext2_ino_t, ctypes.c_char_p), errcode_t),
+    "ext2fs_new_inode": (
+        (ext2_filsys, ext2_ino_t, ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ext2_ino_t)),
+        errcode_t,
+    ),
+    "ext2fs_write_new_inode": ((ext2_filsys, ext2_ino_t, ctypes.POINTER(Inode)), errcode_t),
+    "ext2fs_read_inode_full": (
+        (ext2_filsys, ext2_ino_t, ctypes.POINTER(Inode), ctypes.c_int),
+        errcode_t,
+    ),
+    "ext2fs_write_inode_full": (
+        (ext2_filsys, ext2_ino_t, ctypes.POINTER(Inode), ctypes.c_int),
+        errcode_t,
+    ),
+    "ext2fs_inode_alloc_stats2": ((ext2_filsys, ext2_ino_t, ctypes.c_int, ctypes.c_int), None),
+    "ext2fs_link": (
+        (ext2_filsys, ext2_ino_t, ctypes.c_char_p, ext2_ino_t, ctypes.c_int),
+        errcode_t,
+    ),
+    "ext2fs_unlink": (
+        (ext2_filsys, ext2_ino_t, ctypes.c_char_p, ext2_ino_t, ctypes.c_int),
+        errcode_t,
+    ),
+    "ext2fs_expand_dir": ((ext2_filsys, ext2_ino_t), errcode_t),
+    "ext2fs_symlink": (
+        (ext2_filsys, ext2_ino_t, ext2_ino_t, ctypes.c_char_p, ctypes.c_char_p),
+        errcode_t,
+    ),
+    "ext2fs_is_fast_symlink": ((ctypes.POINTER(Inode),), ctypes.c_int),
+    "ext2fs_inode_has_valid_blocks2": ((ext2_filsys, ctypes.POINTER(Inode)), ctypes.c_int),
+    "ext2fs_punch": (
+        (ext2_filsys, ext2_ino_t, ctypes.POINTER(Inode), ctypes.c_char_p, blk64_t, blk64_t),
+        errcode_t,
+    ),
+    "ext2fs_file_open": (
+        (ext2_filsys, ext2_ino_t, ctypes.c_int, ctypes.POINTER(ext2_file_t)),
+        errcode_t,
+    ),
+    "ext2fs_file_write": (
+        (ext2_file_t, ctypes.c_void_p, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint)),
+        errcode_t,
+    ),
+    "ext2fs_file_read": (
+        (ext2_file_t, ctypes.c_void_p, ctypes.c_uint, ctypes.POINTER(ctypes.c_uint)),
+        errcode_t,
+    ),
+    "ext2fs_file_flush": ((ext2_file_t,), errcode_t),
+    "ext2fs_file_close": ((ext2_file_t,), errcode_t),
+}
+
+
+@dataclass(frozen=True)
+class _Libraries:
+    ext2fs: ctypes.CDLL
+    error_message: Any  # libcom_err's error_message(errcode_t) -> const char *
+
+
+@functools.cache
+def _libraries() -> _Libraries:
+    """Load and type the libraries once, on first use (not at import)."""
+    try:
+        ext2fs = ctypes.CDLL(EXT2_LIBRARY, use_errno=True)
+        com_err = ctypes.CDLL(COM_ERR_LIBRARY)
+    except OSError as exc:
+        raise HostError(
+            f"cannot load {EXT2_LIBRARY}: {exc}", hint="apt-get install libext2fs2"
+        ) from exc
+    for name, (argtypes, restype) in _SIGNATURES.items():
+        function = getattr(ext2fs, name)
+        function.argtypes = argtypes
+        function.restype = restype
+    error_message = com_err.error_message
+    error_message.argtypes = (errcode_t,)
+    error_message.restype = ctypes.c_char_p
+    # the ext2 error table: without it error_message() says "Unknown code ext2 38"
+    ext2fs.initialize_ext2_error_table()
+    return _Libraries(ext2fs=ext2fs, error_message=error_message)
+
+
+def error_message(code: int) -> str:
+    """libcom_err's text for an errcode_t (an errno or an EXT2_ET_* code)."""
+    text = _libraries().error_message(code)
+    return text.decode("utf-8", "replace") if text else f"error {code}"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Sizes and free room, from the in-memory superblock (kept current by libext2fs)."""
+
+    block_size: int
+    blocks: int
+    free_blocks: int
+    reserved_blocks: int
+    inodes: int
+    free_inodes: int
+    inode_size: int
+
+
+class Ext2Filesystem:
+    """An ext2/3/4 filesystem in ``image`` at byte ``offset``, opened with ``ext2fs_open2``.
+
+    ``label`` names the image in errors. Use as a context manager: the handle is flushed
+    and freed on a normal exit, and freed (what was written so far is flushed too) on an
+    error. One thread at a time.
+    """
+
+    def __init__(self, image: Path, offset: int, *, writable: bool, label: str = "") -> None:
+        self._lib = _libraries().ext2fs
+        self.image = image
+        self.label = label or str(image)
+        handle = ext2_filsys()
+        flags = _FLAG_64BITS | (_FLAG_RW if writable else 0)
+        manager = ctypes.c_void_p.in_dll(self._lib, "unix_io_manager")
+        self._check(
+            self._lib.ext2fs_open2(
+                os.fsencode(image),
+                f"offset={offset}".encode(),
+                flags,
+                0,
+                0,
+                manager,
+                ctypes.byref(handle),
+            ),
+            "open the filesystem",
+            f"{image}?offset={offset}",
+        )
+        self._handle: ext2_filsys | None = handle
+        try:
+            self._check(self._lib.ext2fs_read_bitmaps(handle), "read the bitmaps", self.label)
+        except BaseException:
+            self._free()
+            raise
+
+    # lifetime -----------------------------------------------------------------------
+
+    def __enter__(self) -> Ext2Filesystem:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._free()
+
+    def close(self) -> None:
+        """Write what is dirty (bitmaps, group descriptors, superblock and its backups) and
+        free the handle; an error still frees it."""
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        self._check(self._lib.ext2fs_close_free(ctypes.byref(handle)), "close", self.label)
+
+    def _free(self) -> None:
+        if self._handle is None:
+            return
+        handle, self._handle = self._handle, None
+        code = self._lib.ext2fs_close_free(ctypes.byref(handle))
+        if code:
+            logger.error("%s: closing after an error failed: %s", self.label, error_message(code))
+
+    @property
+    def handle(self) -> ext2_filsys:
+        if self._handle is None:
+            raise BuildError(f"{self.label}: the filesystem is closed")
+        return self._handle
+
+    def _head(self) -> _FilsysHead:
+        return ctypes.cast(self.handle, ctypes.POINTER(_FilsysHead)).contents
+
+    def _super(self) -> _SuperBlockHead:
+        sb: _SuperBlockHead = self._head().super.contents
+        return sb
+
+    def _check(self, code: int, operation: str, where: str) -> None:
+        if code:
+            raise Ext2fsError(operation, where, code, error_message(code))
+
+    def flush(self) -> None:
+        self._check(self._lib.ext2fs_flush(self.handle), "flush", self.label)
+
+    # the superblock ---------------------------------------------------------------------
+
+    def counts(self) -> Counts:
+        head = self._head()
+        sb = head.super
+        return Counts(
+            block_size=int(head.blocksize),
+            blocks=int(self._lib.ext2fs_blocks_count(sb)),
+            free_blocks=int(self._lib.ext2fs_free_blocks_count(sb)),
+            reserved_blocks=int(self._lib.ext2fs_r_blocks_count(sb)),
+            inodes=int(sb.contents.s_inodes_count),
+            free_inodes=int(sb.contents.s_free_inodes_count),
+            inode_size=int(sb.contents.s_inode_size) if sb.contents.s_rev_level else 128,
+        )
+
+    @property
+    def state(self) -> int:
+        return int(self._super().s_state)
+
+    @property
+    def needs_recovery(self) -> bool:
+        return bool(self._super().s_feature_incompat & _INCOMPAT_RECOVER)
+
+    @property
+    def uses_extents(self) -> bool:
+        return bool(self._super().s_feature_incompat & _INCOMPAT_EXTENTS)
+
+    def set_state(self, state: int) -> None:
+        """Write ``s_state`` (VALID_FS, ERROR_FS bits) to the superblock now."""
+        self._super().s_state = state
+        self._lib.ext2fs_mark_super_dirty(self.handle)
+        self.flush()
+
+    # inodes -----------------------------------------------------------------------------
+
+    def read_inode(self, ino: int, where: str) -> Inode:
+        inode = Inode()
+        self._check(
+            self._lib.ext2fs_read_inode_full(
+                self.handle, ino, ctypes.byref(inode), INODE_LARGE_SIZE
+            ),
+            "read the inode",
+            where,
+        )
+        return inode
+
+    def write_inode(self, ino: int, inode: Inode, where: str) -> None:
+        self._check(
+            self._lib.ext2fs_write_inode_full(
+                self.handle, ino, ctypes.byref(inode), INODE_LARGE_SIZE
+            ),
+            "write the inode",
+            where,
+        )
+
+    def new_inode(self, directory: int, mode: int, where: str) -> int:
+        """Allocate an inode (in the bitmap and the counts) and write it, zeroed but for
+        ``mode`` (type and permissions), one link, the times and, for a regular file on an
+        extent filesystem, an empty extent tree. Not linked anywhere yet."""
+        ino = ext2_ino_t()
+        self._check(
+            self._lib.ext2fs_new_inode(self.handle, directory, mode, None, ctypes.byref(ino)),
+            "allocate an inode",
+            where,
+        )
+        inode = Inode()
+        inode.i_mode = mode
+        inode.i_links_count = 1
+        now = int(time.time())
+        inode.i_atime = inode.i_ctime = inode.i_mtime = now & 0xFFFFFFFF
+        if mode & S_IFMT == S_IFREG and self.uses_extents:
+            # an empty extent header in i_block: 0 entries, room for 4, depth 0
+            inode.i_flags |= _EXTENTS_FL
+            room = (N_BLOCKS * 4 - _EXTENT_HEADER_SIZE) // _EXTENT_ENTRY_SIZE
+            inode.i_block[0] = _EXTENT_MAGIC
+            inode.i_block[1] = room
+        self._check(
+            self._lib.ext2fs_write_new_inode(self.handle, ino.value, ctypes.byref(inode)),
+            "write the new inode",
+            where,
+        )
+        self._lib.ext2fs_inode_alloc_stats2(self.handle, ino.value, 1, 0)
+        return int(ino.value)
+
+    def release_inode(self, ino: int, where: str) -> None:
+        """Free an inode whose last link is gone: its blocks, then the inode itself."""
+        inode = self.read_inode(ino, where)
+        if inode.file_acl:
+            # a shared extended-attribute block would need its refcount lowered; nothing
+            # here creates one, and dropping it blindly would corrupt the filesystem
+            raise BuildError(f"{where}: has an extended attribute block: cannot remove it")
+        if self._lib.ext2fs_inode_has_valid_blocks2(self.handle, ctypes.byref(inode)):
+            self._check(
+                self._lib.ext2fs_punch(self.handle, ino, ctypes.byref(inode), None, 0, 2**64 - 1),
+                "free the blocks",
+                where,
+            )
+            inode = self.read_inode(ino, where)
+        inode.i_links_count = 0
+        inode.i_dtime = int(time.time()) & 0xFFFFFFFF
+        self.write_inode(ino, inode, where)
+        is_dir = 1 if inode.i_mode & S_IFMT == S_IFDIR else 0
+        self._lib.ext2fs_inode_alloc_stats2(self.handle, ino, -1, is_dir)
+
+    # directories ------------------------------------------------------------------------
+
+    def lookup(self, directory: int, name: bytes, where: str) -> int | None:
+        """The inode ``name`` points to in ``directory``, or None; links are not followed."""
+        ino = ext2_ino_t()
+        code = self._lib.ext2fs_lookup(
+            self.handle, directory, name, len(name), None, ctypes.byref(ino)
+        )
+        if code == ET_FILE_NOT_FOUND:
+            return None
+        self._check(code, "look up", where)
+        return int(ino.value)
+
+    def link(self, directory: int, name: bytes, ino: int, file_type: int, where: str) -> None:
+        """Add the entry ``name`` -> ``ino``; the directory grows by a block when full.
+        The caller checks that ``name`` is not there yet (ext2fs_link does not)."""
+        code = self._lib.ext2fs_link(self.handle, directory, name, ino, file_type)
+        if code in (ET_DIR_NO_SPACE, ET_DIR_NO_SPACE_FOR_CSUM):
+            self._check(
+                self._lib.ext2fs_expand_dir(self.handle, directory), "grow the folder", where
+            )
+            code = self._lib.ext2fs_link(self.handle, directory, name, ino, file_type)
+        self._check(code, "link", where)
+
+    def unlink(self, directory: int, name: bytes, where: str) -> None:
+        """Remove the entry ``name`` (the inode's link count is the caller's business)."""
+        self._check(self._lib.ext2fs_unlink(self.handle, directory, name, 0, 0), "unlink", where)
+
+    def mkdir(self, parent: int, name: bytes, where: str) -> int:
+        """Create the folder ``name`` in ``parent`` (mode 0755, owner 0:0); return its inode."""
+        code = self._lib.ext2fs_mkdir(self.handle, parent, 0, name)
+        if code in (ET_DIR_NO_SPACE, ET_DIR_NO_SPACE_FOR_CSUM):
+            self._check(self._lib.ext2fs_expand_dir(self.handle, parent), "grow the folder", where)
+            code = self._lib.ext2fs_mkdir(self.handle, parent, 0, name)
+        self._check(code, "make the folder", where)
+        ino = self.lookup(parent, name, where)
+        if ino is None:
+            raise BuildError(f"{where}: the new folder cannot be found")
+        return ino
+
+    def symlink(self, parent: int, name: bytes, target: bytes, where: str) -> int:
+        """Create the symbolic link ``name`` -> ``target`` in ``parent``; return its inode."""
+        code = self._lib.ext2fs_symlink(self.handle, parent, 0, name, target)
+        if code in (ET_DIR_NO_SPACE, ET_DIR_NO_SPACE_FOR_CSUM):
+            self._check(self._lib.ext2fs_expand_dir(self.handle, parent), "grow the folder", where)
+            code = self._lib.ext2fs_symlink(self.handle, parent, 0, name, target)
+        self._check(code, "make the symbolic link", where)
+        ino = self.lookup(parent, name, where)
+        if ino is None:
+            raise BuildError(f"{where}: the new symbolic link cannot be found")
+        return ino
+
+    def read_link(self, ino: int, where: str) -> bytes:
+        """The target of a symbolic link (kept in the inode when short, else in a block)."""
+        inode = self.read_inode(ino, where)
+        size = inode.size
+        if self._lib.ext2fs_is_fast_symlink(ctypes.byref(inode)):
+            return bytes(inode.i_block)[:size]
+        with self.open_file(ino, where, writable=False) as file:
+            return file.read(size)
+
+    # file content -----------------------------------------------------------------------
+
+    def open_file(self, ino: int, where: str, *, writable: bool) -> File:
+        """An ``ext2_file_t`` on inode ``ino``; close it (a ``with`` block does, on every
+        path): closing writes its last block and its inode."""
+        raw = ext2_file_t()
+        self._check(
+            self._lib.ext2fs_file_open(
+                self.handle, ino, _FILE_WRITE if writable else 0, ctypes.byref(raw)
+            ),
+            "open the file",
+            where,
+        )
+        return File(self, raw, where)
+
+
+class File:
+    """An open file inside the filesystem (from :meth:`Ext2Filesystem.open_file`)."""
+
+    def __init__(self, fs: Ext2Filesystem, raw: ext2_file_t, where: str) -> None:
+        self._fs = fs
+        self._lib = fs._lib
+        self._raw: ext2_file_t | None = raw
+        self.where = where
+        self.position = 0  # files are written from the start, in order
+
+    def __enter__(self) -> File:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close(quiet=kind is not None)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append all of ``data`` at the current position (the size follows).
+
+        A write that cannot fit is refused before it starts (ENOSPC): libext2fs 1.47 leaves
+        a file it failed to extend in a state its blocks cannot be freed from (ext2fs_punch
+        then fails with "Illegal block number"), so it must never run out mid-write.
+        """
+        raw = self._open_handle()
+        view = memoryview(data).cast("B")
+        self._refuse_unless_room(len(view))
+        pointer, keep = _address(view)
+        done, total = 0, len(view)
+        while done < total:
+            written = ctypes.c_uint()
+            step = min(total - done, 1 << 30)
+            self._fs._check(
+                self._lib.ext2fs_file_write(raw, pointer + done, step, ctypes.byref(written)),
+                "write",
+                self.where,
+            )
+            if written.value == 0:
+                raise BuildError(f"{self.where}: write failed: nothing written")
+            done += written.value
+        self.position += total
+        del keep
+
+    def _refuse_unless_room(self, size: int) -> None:
+        counts = self._fs.counts()
+        first, end = (
+            self.position // counts.block_size,
+            -(-(self.position + size) // counts.block_size),
+        )
+        # the data blocks, one extent tree block per EXTENTS_PER_BLOCK of them (fragmented
+        # at worst), and a few more for the tree's upper levels
+        needed = end - first + (end - first) // _EXTENTS_PER_BLOCK + _TREE_MARGIN_BLOCKS
+        if needed > counts.free_blocks:
+            raise Ext2fsError(
+                "write",
+                self.where,
+                errno.ENOSPC,
+                f"No space left on device ({counts.free_blocks * counts.block_size} bytes free)",
+            )
+
+    def read(self, size: int) -> bytes:
+        raw = self._open_handle()
+        buffer = ctypes.create_string_buffer(size)
+        got = ctypes.c_uint()
+        self._fs._check(
+            self._lib.ext2fs_file_read(raw, buffer, size, ctypes.byref(got)), "read", self.where
+        )
+        return buffer.raw[: got.value]
+
+    def flush(self) -> None:
+        self._fs._check(self._lib.ext2fs_file_flush(self._open_handle()), "flush", self.where)
+
+    def close(self, *, quiet: bool = False) -> None:
+        if self._raw is None:
+            return
+        raw, self._raw = self._raw, None
+        code = self._lib.ext2fs_file_close(raw)
+        if code and quiet:
+            logger.error("%s: closing after an error failed: %s", self.where, error_message(code))
+        elif code:
+            raise Ext2fsError("close", self.where, code, error_message(code))
+
+    def _open_handle(self) -> ext2_file_t:
+        if self._raw is None:
+            raise BuildError(f"{self.where}: the file is closed")
+        return self._raw
+
+
+def _address(view: memoryview) -> tuple[int, object]:
+    """The address of a contiguous buffer's first byte, and what keeps it alive.
+
+    A read-only buffer (bytes) cannot be mapped by ctypes.from_buffer: its address is that
+    of the bytes object's own storage (c_char_p points there, no copy), or a copy when the
+    view is a slice of something else."""
+    if not view.readonly:
+        array = (ctypes.c_char * len(view)).from_buffer(view)
+        return ctypes.addressof(array), array
+    source = view.obj
+    if isinstance(source, bytes) and view.nbytes == len(source):
+        pointer = ctypes.cast(ctypes.c_char_p(source), ctypes.c_void_p).value or 0
+        return pointer, source
+    copy = ctypes.create_string_buffer(view.tobytes(), view.nbytes)
+    return ctypes.addressof(copy), copy
