@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import functools
 
+from image_creator.checks.sizes import (
+    ensure_room,
+    measure_data_filesystem,
+    plan_sizes,
+    report_sizes,
+)
 from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.errors import BuildError
+from image_creator.plan import Built, Plan
 from image_creator.report import sha256_file
 from image_creator.steps.base_image import fetch_base_image
 from image_creator.steps.configs import write_image_config, write_offspot_config
+from image_creator.steps.evict import make_room_in_cache, tidy_cache
 from image_creator.steps.files import place_file
 from image_creator.steps.images import place_image
 from image_creator.steps.output import (
@@ -28,12 +36,6 @@ from image_creator.steps.output import (
     publish,
 )
 from image_creator.steps.placement import placement_rounds, run_concurrently, run_in_rounds
-from image_creator.steps.sizes import (
-    ensure_room,
-    measure_data_filesystem,
-    plan_sizes,
-    report_sizes,
-)
 from image_creator.system.ext4 import (
     check_filesystem,
     ensure_cleanly_unmounted,
@@ -48,10 +50,14 @@ from image_creator.system.signals import mark_published, releasing
 BOOT_PARTITION_NUMBER = 1
 
 
-def build(ctx: Context) -> None:
+def build(ctx: Context, plan: Plan, built: Built) -> None:
+    """Every build step in order; ``built`` tells what was done as it is done."""
     options, config, reporter = ctx.options, ctx.config, ctx.reporter
-    inventory, sizes = ctx.require_inventory(), ctx.require_sizes()
+    inventory, sizes = plan.inventory, plan.sizes
     assert options.output is not None  # the CLI requires OUTPUT unless --check
+    if ctx.cache is not None:
+        with ctx.timeline.step("Making room in the cache"):
+            make_room_in_cache(ctx, plan)
     image = ctx.stack.enter_context(
         partial_output(options.output, keep=options.keep, reporter=reporter)
     )
@@ -63,7 +69,7 @@ def build(ctx: Context) -> None:
     with ctx.timeline.step("Fetching base image"):
         with reporter.progress("base image", inventory.base.download_size) as advance:
             base = fetch_base_image(inventory.base, image, ctx.downloads, on_progress=advance)
-        ctx.record.base = base
+        built.base = base
         reporter.info(f"{config.base.url}: {format_size(base.image_size)} once decompressed")
 
     with ctx.timeline.step("Sizing the data filesystem"):
@@ -77,7 +83,7 @@ def build(ctx: Context) -> None:
             filesystem=filesystem,
             table=table,
         )
-        ctx.sizes = ctx.record.sizes = sizes
+        built.sizes = sizes
         report_sizes(sizes, reporter, requested=config.output_size)
 
     with ctx.timeline.step(f"Growing image to {format_size(sizes.output)}"):
@@ -100,7 +106,7 @@ def build(ctx: Context) -> None:
                 with ctx.timeline.step("Pulling OCI images"):
                     exports = build_dir / "exports"
                     exports.mkdir()
-                    ctx.record.images = run_concurrently(
+                    built.images = run_concurrently(
                         (
                             functools.partial(
                                 place_image,
@@ -118,7 +124,7 @@ def build(ctx: Context) -> None:
                 with ctx.timeline.step("Writing files"):
                     files = inventory.files
                     order = placement_rounds([(f.entry.to, f.entry.via.is_archive) for f in files])
-                    ctx.record.files = run_in_rounds(
+                    built.files = run_in_rounds(
                         [
                             functools.partial(
                                 place_file, source, root, downloads=ctx.downloads, reporter=reporter
@@ -147,8 +153,11 @@ def build(ctx: Context) -> None:
         # signal after it only cuts short what follows (see signals.AfterPublish)
         publish(image, options.output, overwrite=options.overwrite)
         mark_published()
-        ctx.record.output = options.output
+        built.output = options.output
     reporter.info(f"image ready: {options.output} ({format_size(sizes.output)})")
     if options.report is not None:
         with ctx.timeline.step("Computing the image's sha256"):
-            ctx.record.output_sha256 = sha256_file(options.output)
+            built.output_sha256 = sha256_file(options.output)
+    if ctx.cache is not None:
+        with ctx.timeline.step("Tidying the cache"):
+            tidy_cache(ctx, plan)

@@ -31,11 +31,12 @@ import yaml
 from docker_export import Image, Platform, export
 
 import image_creator
-import image_creator.pipeline as pipeline
+import image_creator.checks.sizes as checked_sizes
+from image_creator.checks.sizes import plan_sizes
 from image_creator.cli import main
 from image_creator.config.units import format_size
 from image_creator.demo import DEFAULT_DATA_FILES, BaseImageLayout, make_base_image
-from image_creator.steps.sizes import SizePlan, plan_sizes
+from image_creator.plan import SizePlan
 from image_creator.steps.sources import Inventory
 from image_creator.ui.base import NullReporter, Reporter
 from image_creator.ui.console import ConsoleReporter
@@ -228,7 +229,7 @@ def run_main(
 
 @dataclass
 class Planned:
-    """What the pipeline handed to plan_sizes, and what it got back (exact byte counts)."""
+    """What the size check handed to plan_sizes, and what it got back (exact byte counts)."""
 
     inventories: list[Inventory] = field(default_factory=list)
     plans: list[SizePlan] = field(default_factory=list)
@@ -236,7 +237,7 @@ class Planned:
 
 @pytest.fixture
 def planned(monkeypatch: pytest.MonkeyPatch) -> Planned:
-    """Spy on the pipeline's size planning, without changing it."""
+    """Spy on the size check, without changing it."""
     record = Planned()
 
     def spy(inventory: Inventory, *, requested: int | None, max_size: int | None) -> SizePlan:
@@ -245,7 +246,7 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> Planned:
         record.plans.append(plan)
         return plan
 
-    monkeypatch.setattr(pipeline, "plan_sizes", spy)
+    monkeypatch.setattr(checked_sizes, "plan_sizes", spy)
     return record
 
 

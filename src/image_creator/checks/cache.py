@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 from image_creator.cache.downloads import is_cacheable_url, version_of
 from image_creator.cache.entry import EntryKind
-from image_creator.cache.eviction import Eviction, Incoming, describe
+from image_creator.cache.eviction import describe
 from image_creator.cache.policy import load_policy
 from image_creator.cache.store import CacheStore
 from image_creator.config.units import format_size
+from image_creator.context import Context
+from image_creator.plan import CacheForecast, CacheUse
 from image_creator.steps.images import image_cache_key
 from image_creator.steps.sources import Inventory
 from image_creator.ui.base import Reporter
+
+
+def check_cache(ctx: Context, inventory: Inventory) -> tuple[tuple[CacheUse, ...], CacheForecast]:
+    """Which sources the cache holds, which it would add, what it would evict to make room;
+    with --show-cache, the whole cache too. Reads only."""
+    assert ctx.cache is not None  # called with --cache-dir only
+    uses = cache_uses(inventory)
+    expected = forecast(ctx.cache, uses)
+    report_forecast(expected, ctx.reporter)
+    if ctx.options.show_cache:
+        show_cache(ctx.cache, ctx.reporter)
+    return tuple(uses), expected
 
 
 def open_cache(cache_dir: Path, *, read_only: bool) -> CacheStore:
@@ -26,17 +40,6 @@ def open_cache(cache_dir: Path, *, read_only: bool) -> CacheStore:
         cache_dir.mkdir(parents=True, exist_ok=True)
     policy = load_policy(cache_dir, write_default=not read_only)
     return CacheStore(cache_dir, policy, read_only=read_only)
-
-
-@dataclass(frozen=True)
-class CacheUse:
-    """One source of this build that the cache may hold."""
-
-    kind: EntryKind
-    source: str
-    key: str
-    version: str
-    size: int
 
 
 def cache_uses(inventory: Inventory) -> list[CacheUse]:
@@ -83,26 +86,6 @@ def cache_uses(inventory: Inventory) -> list[CacheUse]:
                 )
             )
     return uses
-
-
-@dataclass(frozen=True)
-class CacheForecast:
-    hits: tuple[CacheUse, ...]
-    additions: tuple[CacheUse, ...]
-    outdated: tuple[CacheUse, ...]
-    uncached: tuple[CacheUse, ...]
-    evictions: tuple[Eviction, ...]
-
-    @property
-    def protected(self) -> list[str]:
-        return [use.key for use in self.hits]
-
-    @property
-    def incoming(self) -> list[Incoming]:
-        return [
-            Incoming(kind=use.kind, source=use.source, key=use.key, size=use.size)
-            for use in (*self.additions, *self.outdated)
-        ]
 
 
 def forecast(store: CacheStore, uses: list[CacheUse]) -> CacheForecast:

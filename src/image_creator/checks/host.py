@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from image_creator.errors import HostError
 from image_creator.system.run import missing_tools
 
 BUILD_TOOLS = (
@@ -44,11 +43,3 @@ def _supports_ext4() -> bool:
     # Not loaded yet, but loadable as a module on first mount.
     release = os.uname().release
     return any(Path(f"/lib/modules/{release}").glob("kernel/fs/ext4/ext4.ko*"))
-
-
-def ensure_host_ready(problems: list[str]) -> None:
-    if problems:
-        raise HostError(
-            "this host cannot build images: " + "; ".join(problems),
-            hint="run as root on a Linux host with loop devices and the listed tools",
-        )

@@ -20,7 +20,7 @@ from urllib.request import url2pathname
 from image_creator.config.model import Config
 from image_creator.errors import OutputError
 from image_creator.localfile import describe_mode
-from image_creator.options import Options
+from image_creator.options import Mode, Options
 
 BUILD_FOLDER_PREFIX = ".image-creator-build-"
 NAME_MAX = 255  # bytes in one file name, on ext4 as on most filesystems
@@ -55,7 +55,7 @@ def check_output_path(options: Options, config: Config) -> None:
     if not folder.is_dir():
         raise OutputError(f"{output}: the folder {folder} does not exist")
     # --check may run as another user than the build: only a read-only mount is certain
-    permissions = not options.check or os.geteuid() == 0
+    permissions = options.mode is Mode.BUILD or os.geteuid() == 0
     _ensure_writable(folder, "the folder of OUTPUT", permissions=permissions)
     build_dir = options.build_dir.absolute() if options.build_dir is not None else folder
     _ensure_writable(_existing(build_dir), "the build folder", permissions=permissions)

@@ -15,15 +15,14 @@ as root and could fill them, but the device's services would then find a full pa
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
+from image_creator.checks.content_needs import ContentNeeds, content_needs
 from image_creator.config.units import SECTOR_SIZE, format_size, round_up
-from image_creator.errors import BuildError, HostError, OutputError, SourceError
+from image_creator.context import Context
+from image_creator.errors import BuildError, OutputError, SourceError
 from image_creator.fetch import http
-from image_creator.steps.content_needs import ContentNeeds, content_needs
+from image_creator.plan import SizePlan
 from image_creator.steps.sources import BaseSource, Inventory
 from image_creator.system.ext4 import check_filesystem
 from image_creator.system.ext4_geometry import (
@@ -59,26 +58,6 @@ ASSUMED_DATA_PARTITION = 256 * 2**20
 # offspot-config's minimum: its root size, the content and 10% of the content, in sectors.
 OFFSPOT_CONFIG_MARGIN = 0.1
 _MAX_STEPS = 10_000
-
-
-@dataclass(frozen=True)
-class SizePlan:
-    before_data: int  # bytes of the disk before the data partition
-    existing_data: int  # the base image's data partition, before growing
-    content: int  # files and images, rounded to filesystem blocks
-    minimum: int  # smallest image that fits it all (an upper bound unless ``exact``)
-    output: int  # the size the image will have
-    base_image: int  # size of the uncompressed base image, when known
-    exact: bool = False  # sized from the base's data filesystem itself
-    data_blocks: int = 0  # filesystem blocks the content needs
-    inodes: int = 0  # inodes the content needs
-    inode_bound: bool = False  # the inode count, not the bytes, set the minimum
-    offspot_config_minimum: int | None = None  # offspot-config's figure (base.root_size given)
-
-    @property
-    def added(self) -> int:
-        """Bytes the build adds to the base image file."""
-        return self.output - self.base_image
 
 
 def plan_sizes(
@@ -175,6 +154,16 @@ def smallest_image(
     raise BuildError("no image size fits the content: the size model does not converge")
 
 
+def check_sizes(ctx: Context, inventory: Inventory) -> SizePlan:
+    """The image's size for this content (an upper bound when the base is compressed), checked
+    against ``output.size`` and ``--max-size``."""
+    sizes = plan_sizes(inventory, requested=ctx.config.output_size, max_size=ctx.options.max_size)
+    report_sizes(
+        sizes, ctx.reporter, requested=ctx.config.output_size, max_size=ctx.options.max_size
+    )
+    return sizes
+
+
 def report_sizes(
     sizes: SizePlan, reporter: Reporter, *, requested: int | None, max_size: int | None = None
 ) -> None:
@@ -267,37 +256,3 @@ def ensure_room(device: Path, plan: SizePlan) -> None:
             f"{fs.free_inodes} inodes available, the content needs {plan.data_blocks} and "
             f"{plan.inodes}: the size model is wrong for this base image"
         )
-
-
-def space_shortages(needs: Mapping[Path, int]) -> list[str]:
-    """Volumes without room for what is to be written there; paths on one volume add up."""
-    by_volume: dict[int, tuple[list[Path], int]] = {}
-    for path, amount in needs.items():
-        existing = _existing_parent(path)
-        device = existing.stat().st_dev
-        paths, total = by_volume.get(device, ([], 0))
-        by_volume[device] = ([*paths, path], total + amount)
-    shortages = []
-    for paths, total in by_volume.values():
-        stats = os.statvfs(_existing_parent(paths[0]))
-        free = stats.f_bavail * stats.f_frsize
-        if free < total:
-            names = ", ".join(str(path) for path in paths)
-            shortages.append(
-                f"not enough free space for {names}: needs {format_size(total)}, "
-                f"has {format_size(free)}"
-            )
-    return shortages
-
-
-def ensure_space(needs: Mapping[Path, int]) -> None:
-    shortages = space_shortages(needs)
-    if shortages:
-        raise HostError("; ".join(shortages))
-
-
-def _existing_parent(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
