@@ -4,13 +4,19 @@ import hashlib
 import io
 import random
 import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from image_creator.__about__ import __version__
-from image_creator.errors import ChecksumMismatchError, SourceError
+from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
+from image_creator.fetch import http, watch
 from image_creator.fetch.archives import extract_tar_stream
 from image_creator.fetch.checksums import (
     HashingReader,
@@ -30,6 +36,7 @@ from tests.support.httpserver import HttpServer
 
 PAYLOAD = random.Random(42).randbytes(3 * 1024 * 1024 + 12345)
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+CHUNK = 64 * 1024
 LAST_MODIFIED = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 
 
@@ -371,3 +378,212 @@ def test_read_range_file_url(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(PAYLOAD)
     assert read_range(path.as_uri(), 10, 20) == PAYLOAD[10:30]
+
+
+# what arrives is what was announced ---------------------------------------------------------
+
+
+def test_a_get_shorter_than_the_probe_fails_with_both_sizes(
+    http_server: HttpServer, zim_url: str
+) -> None:
+    info = probe(zim_url)
+    http_server.fault("/zim/wikipedia_fr_test.zim", short_by=1000)
+    received = io.BytesIO()
+    with pytest.raises(SourceError) as caught:
+        download(zim_url, received.write, expected=info, backoff=0)
+    assert str(caught.value) == (
+        f"{zim_url}: the download announces {len(PAYLOAD) - 1000} bytes, "
+        f"the check found {len(PAYLOAD)} bytes"
+    )
+    assert received.getvalue() == b""
+
+
+def test_a_file_changed_after_the_probe_is_refused(http_server: HttpServer, zim_url: str) -> None:
+    changed = bytes(reversed(PAYLOAD))  # same length, other content
+    http_server.fault("/zim/wikipedia_fr_test.zim", change_after_probe=changed)
+    info = probe(zim_url)
+    with pytest.raises(SourceError) as caught:
+        download(zim_url, io.BytesIO().write, expected=info, backoff=0)
+    assert str(caught.value).startswith(f"{zim_url}: its ETag is ")
+    assert f"{info.etag} when checked" in str(caught.value)
+
+
+def test_a_changed_date_is_refused_without_etags(http_server: HttpServer, zim_url: str) -> None:
+    info = probe(zim_url)
+    http_server.add("/zim/wikipedia_fr_test.zim", PAYLOAD, last_modified=datetime.now(UTC))
+    without_etag = replace(info, etag=None)
+    with pytest.raises(SourceError, match=r"last modified .* when checked"):
+        download(zim_url, io.BytesIO().write, expected=without_etag, backoff=0)
+
+
+def test_an_endless_body_stops_at_the_announced_size(http_server: HttpServer, zim_url: str) -> None:
+    info = probe(zim_url)
+    http_server.fault("/zim/wikipedia_fr_test.zim", longer_than_announced=True)
+    received = io.BytesIO()
+    with pytest.raises(SourceError) as caught:
+        download(zim_url, received.write, expected=info, backoff=0)
+    assert str(caught.value) == (
+        f"{zim_url}: the server sends more than the {len(PAYLOAD)} bytes announced"
+    )
+    assert received.getvalue() == PAYLOAD  # not a byte more was read
+    wait_for(lambda: bool(http_server.hangups_for("/zim/wikipedia_fr_test.zim")))
+    [hangup] = http_server.hangups_for("/zim/wikipedia_fr_test.zim")
+    assert hangup.fault == "endless"
+
+
+def test_a_body_without_length_shorter_than_the_probe_fails(
+    http_server: HttpServer, zim_url: str
+) -> None:
+    info = probe(zim_url)
+    http_server.fault("/zim/wikipedia_fr_test.zim", longer_than_announced=True, short_by=5000)
+    with pytest.raises(SourceError) as caught:
+        download(zim_url, io.BytesIO().write, expected=replace(info, size=len(PAYLOAD) + 10**6))
+    assert "the download announces" not in str(caught.value)  # it announced nothing
+
+
+def test_the_configs_size_is_held_to(http_server: HttpServer, zim_url: str) -> None:
+    with pytest.raises(SourceError) as caught:
+        download(zim_url, io.BytesIO().write, expected_size=len(PAYLOAD) - 1)
+    assert str(caught.value) == (
+        f"{zim_url}: the download announces {len(PAYLOAD)} bytes, "
+        f"the config's size is {len(PAYLOAD) - 1} bytes"
+    )
+
+
+def test_a_resume_is_checked_with_if_range(http_server: HttpServer, zim_url: str) -> None:
+    info = probe(zim_url)
+    http_server.fault("/zim/wikipedia_fr_test.zim", drop_after=1_000_000, times=1)
+    data, _ = fetch(zim_url, expected=info, backoff=0)
+    assert data == PAYLOAD
+    resumed = http_server.requests_for("/zim/wikipedia_fr_test.zim")[-1]
+    assert resumed.range == "bytes=1000000-"
+    assert resumed.header("If-Range") == info.etag
+
+
+# no unbounded waits -------------------------------------------------------------------------
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def quick_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stall and deadline constants lowered at the seam, so that a test takes seconds."""
+    monkeypatch.setattr(watch, "STALL_WINDOW", 0.6)
+    monkeypatch.setattr(watch, "WATCH_INTERVAL", 0.05)
+    monkeypatch.setattr(watch, "TEXT_DEADLINE", 1.5)
+
+
+def test_a_dripping_download_ends_after_its_stalls(
+    quick_watch: None, http_server: HttpServer, zim_url: str
+) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", drip=0.2)
+    with pytest.raises(SourceError) as caught:
+        fetch(zim_url, backoff=0)
+    message = str(caught.value)
+    assert message.startswith(f"{zim_url}: stalled (less than 1024 bytes/s for 0.6s)")
+    assert message.endswith(f"(gave up after {http.STALL_RETRIES + 1} stalls)")
+    gets = http_server.requests_for("/zim/wikipedia_fr_test.zim")
+    assert len(gets) == http.STALL_RETRIES + 1
+    assert all(record.range and record.range.startswith("bytes=") for record in gets[1:])
+    wait_for(lambda: len(http_server.hangups_for("/zim/wikipedia_fr_test.zim")) == len(gets))
+
+
+def test_a_stall_after_the_headers_is_resumed(
+    quick_watch: None, http_server: HttpServer, zim_url: str
+) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", stall=30, stall_after=100_000, times=1)
+    data, delays = fetch(zim_url, backoff=0.1)
+    assert data == PAYLOAD
+    assert delays == [0.1]
+    [_first, second] = http_server.requests_for("/zim/wikipedia_fr_test.zim")
+    assert second.range == "bytes=100000-"
+    [hangup] = http_server.hangups_for("/zim/wikipedia_fr_test.zim")
+    assert (hangup.fault, hangup.left > 20) == ("stall", True)
+
+
+def test_a_server_stalled_for_good_is_given_up(
+    quick_watch: None, http_server: HttpServer, zim_url: str
+) -> None:
+    http_server.fault("/zim/wikipedia_fr_test.zim", stall=30)
+    with pytest.raises(SourceError, match=r"stalled .* \(gave up after 3 stalls\)$"):
+        fetch(zim_url, backoff=0)
+
+
+def test_a_dripping_text_gets_its_deadline(
+    quick_watch: None, monkeypatch: pytest.MonkeyPatch, http_server: HttpServer
+) -> None:
+    monkeypatch.setattr(watch, "MIN_RATE", 1)  # not a stall: only the deadline can end it
+    url = http_server.add("/x.sha256", f"{PAYLOAD_SHA256}  x\n".encode())
+    http_server.fault("/x.sha256", drip=0.1)
+    with pytest.raises(SourceError) as caught:
+        read_text(url)
+    assert str(caught.value) == f"{url}: no complete answer within 1.5s"
+    wait_for(lambda: bool(http_server.hangups_for("/x.sha256")))
+
+
+def test_a_silent_server_gets_the_probe_deadline(
+    quick_watch: None, monkeypatch: pytest.MonkeyPatch, http_server: HttpServer, zim_url: str
+) -> None:
+    monkeypatch.setattr(watch, "STALL_WINDOW", 60.0)  # silence is a stall: only the deadline
+    http_server.fault("/zim/wikipedia_fr_test.zim", silent=30)
+    with pytest.raises(SourceError) as caught:
+        probe(zim_url)
+    assert str(caught.value) == f"{zim_url}: no complete answer within 1.5s"
+    wait_for(lambda: bool(http_server.hangups_for("/zim/wikipedia_fr_test.zim")))
+
+
+# cancellation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"stall": 30, "stall_after": 200_000}, id="stalled-body"),
+        pytest.param({"silent": 30}, id="no-headers-yet"),
+    ],
+)
+def test_cancelling_cuts_a_blocked_transfer(
+    fault: dict[str, Any], http_server: HttpServer, zim_url: str
+) -> None:
+    """The run is cancelled while the worker is blocked in a socket read: the watch cuts the
+    connection, the worker gets Interrupted, and the server sees its client hang up."""
+    cancelled = threading.Event()
+    http_server.fault("/zim/wikipedia_fr_test.zim", **fault)
+    timer = threading.Timer(0.5, cancelled.set)
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            fetch(zim_url, cancelled=cancelled)
+    finally:
+        timer.cancel()
+    wait_for(lambda: bool(http_server.hangups_for("/zim/wikipedia_fr_test.zim")))
+    [hangup] = http_server.hangups_for("/zim/wikipedia_fr_test.zim")
+    assert hangup.left > 20  # cut, not waited out
+
+
+def test_closing_a_stream_wakes_its_reader(http_server: HttpServer, zim_url: str) -> None:
+    """The base image's download is read by xz's feeder thread: closing the stream from the
+    main thread must wake it."""
+    http_server.fault("/zim/wikipedia_fr_test.zim", stall=30, stall_after=200_000)
+    failures: list[BaseException] = []
+    stream = open_stream(zim_url)
+
+    def read_all() -> None:
+        try:
+            while stream.read(CHUNK):
+                pass
+        except BaseException as exc:
+            failures.append(exc)
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    wait_for(lambda: stream.position >= 200_000)
+    stream.close()
+    reader.join(5)
+    assert not reader.is_alive()
+    assert [type(failure) for failure in failures] == [Interrupted]

@@ -5,8 +5,11 @@
     requests.get(server.url("/a.zim"))
     assert [r.status for r in server.requests] == [200]
 
-Every response carries Content-Length. Each request is logged before its response is sent,
-so a test that has received a response always finds its record in ``server.requests``.
+Every response carries Content-Length (but ``longer_than_announced``'s). Each request is
+logged before its response is sent, so a test that has received a response always finds its
+record in ``server.requests``. A client that hangs up while the server stalls, drips or sends
+an endless body is logged in ``server.hangups``: the proof that a transfer was cut by its
+client before the fault was over.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import select
 import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,6 +69,24 @@ class Fault:
     redirect_status: int = 302
     redirect_headers: tuple[tuple[str, str], ...] = ()
     times: int | None = None
+    drip: float | None = None
+    stall: float | None = None
+    stall_after: int = 0
+    stall_ranged: bool = True
+    longer_than_announced: bool = False
+    short_by: int = 0
+    change_after_probe: bytes | None = None
+    silent: float | None = None
+
+
+@dataclass(frozen=True)
+class Hangup:
+    """A client that closed its connection while the server was misbehaving on purpose."""
+
+    path: str
+    fault: str  # "silent", "stall", "drip" or "endless"
+    after: float  # seconds into the fault
+    left: float  # seconds the fault still had to run (inf for an endless body)
 
 
 @dataclass(frozen=True)
@@ -126,6 +148,7 @@ class HttpServer:
         self._resources: dict[str, _Resource] = {}
         self._faults: dict[str, Fault] = {}
         self._log: list[RequestRecord] = []
+        self._hangups: list[Hangup] = []
         self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -244,6 +267,14 @@ class HttpServer:
         redirect_status: int = 302,
         redirect_headers: tuple[tuple[str, str], ...] = (),
         times: int | None = None,
+        drip: float | None = None,
+        stall: float | None = None,
+        stall_after: int = 0,
+        stall_ranged: bool = True,
+        longer_than_announced: bool = False,
+        short_by: int = 0,
+        change_after_probe: bytes | None = None,
+        silent: float | None = None,
     ) -> None:
         """Make ``path`` misbehave (replacing its previous fault).
 
@@ -256,6 +287,16 @@ class HttpServer:
         redirect: answer ``redirect_status`` with Location pointing at this other path.
         redirect_headers: more headers on that redirect (a MirrorBrain ``Digest``, say).
         times: apply to that many requests only, then behave again (None: always).
+        drip: send the body one byte every ``drip`` seconds.
+        stall: after the headers and ``stall_after`` body bytes, send nothing for ``stall``
+            seconds (then the rest); a body no longer than ``stall_after`` does not stall, nor
+            (with ``stall_ranged=False``) an answer to a Range request.
+        longer_than_announced: GET answers with no Content-Length (the connection closes at
+            the end of the body) and sends the content followed by filler, endlessly.
+        short_by: GET announces and sends that many bytes fewer than HEAD announces.
+        change_after_probe: once a HEAD was answered, serve these bytes instead (another
+            ETag, a later Last-Modified), as if the file changed after a check.
+        silent: answer nothing, not even a status line, for ``silent`` seconds (then as usual).
         """
         new = Fault(
             status=status,
@@ -267,6 +308,14 @@ class HttpServer:
             redirect_status=redirect_status,
             redirect_headers=redirect_headers,
             times=times,
+            drip=drip,
+            stall=stall,
+            stall_after=stall_after,
+            stall_ranged=stall_ranged,
+            longer_than_announced=longer_than_announced,
+            short_by=short_by,
+            change_after_probe=change_after_probe,
+            silent=silent,
         )
         with self._lock:
             self._faults[_normalize(path)] = new
@@ -304,6 +353,15 @@ class HttpServer:
         with self._lock:
             self._log.clear()
 
+    @property
+    def hangups(self) -> tuple[Hangup, ...]:
+        """Clients that closed their connection during a stall, a drip or an endless body."""
+        with self._lock:
+            return tuple(self._hangups)
+
+    def hangups_for(self, path: str) -> list[Hangup]:
+        return [hangup for hangup in self.hangups if hangup.path == _normalize(path)]
+
     # used by the handler
 
     def _lookup(self, path: str) -> tuple[_Resource | None, Fault | None]:
@@ -319,6 +377,20 @@ class HttpServer:
     def _record(self, record: RequestRecord) -> None:
         with self._lock:
             self._log.append(record)
+
+    def _hung_up(self, hangup: Hangup) -> None:
+        with self._lock:
+            self._hangups.append(hangup)
+
+    def _changed_after_probe(self, path: str, content: bytes) -> None:
+        """The HEAD was answered: from now on ``content`` is served, in a later version."""
+        with self._lock:
+            old = self._resources.get(path)
+            fault = self._faults.get(path)
+            if fault is not None:
+                self._faults[path] = replace(fault, change_after_probe=None)
+        moment = (old.last_modified if old else datetime.now(UTC)) + timedelta(seconds=10)
+        self.add(path, content, last_modified=moment)
 
 
 def _normalize(path: str) -> str:
@@ -373,6 +445,8 @@ class _Handler(BaseHTTPRequestHandler):
         resource, fault = self.owner._lookup(path)
         fault = fault or Fault()
         plan = self._plan(resource, fault, head=head)
+        if fault.short_by and not head and plan.resource is not None:
+            plan = replace(plan, length=max(0, plan.length - fault.short_by))
         send = 0 if head else plan.length
         if fault.drop_after is not None and not head:
             send = min(send, fault.drop_after)
@@ -386,16 +460,44 @@ class _Handler(BaseHTTPRequestHandler):
                 headers=tuple(self.headers.items()),
             )
         )
+        if fault.silent is not None:
+            started = time.monotonic()
+            if self._hangup_within(fault.silent):
+                waited = time.monotonic() - started
+                self.owner._hung_up(Hangup(path, "silent", waited, fault.silent - waited))
+                self.close_connection = True
+                return
+        if head and fault.change_after_probe is not None and resource is not None:
+            self.owner._changed_after_probe(path, fault.change_after_probe)
+        endless = fault.longer_than_announced and not head and plan.resource is not None
         self.send_response(plan.status)
         for name, value in plan.headers:
             self.send_header(name, value)
-        content_length = plan.length if plan.content_length is None else plan.content_length
-        self.send_header("Content-Length", str(content_length))
+        if endless:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            content_length = plan.length if plan.content_length is None else plan.content_length
+            self.send_header("Content-Length", str(content_length))
         self.end_headers()
         if head:
             return
         try:
-            self._send_body(plan, send, fault.slow)
+            self.wfile.flush()
+            if (
+                fault.stall is not None
+                and send > fault.stall_after
+                and (fault.stall_ranged or plan.status != 206)
+                and not self._stall(path, plan, fault)
+            ):
+                return
+            if fault.drip is not None:
+                self._drip(path, plan, send, fault)
+                return
+            self._send_body(plan, send, fault.slow, skip=_stalled_part(plan, fault))
+            if endless:
+                self._send_endlessly(path)
+                return
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
             return
@@ -473,12 +575,75 @@ class _Handler(BaseHTTPRequestHandler):
         since = _parse_http_date(if_range)
         return since is not None and resource.last_modified.replace(microsecond=0) <= since
 
-    def _send_body(self, plan: _Plan, send: int, slow: int | None) -> None:
+    def _stall(self, path: str, plan: _Plan, fault: Fault) -> bool:
+        """Send ``stall_after`` bytes, then nothing for ``stall`` seconds; False when the
+        client hung up meanwhile."""
+        assert fault.stall is not None
+        head = _stalled_part(plan, fault)
+        if head:
+            self._send_body(plan, head, None)
+        started = time.monotonic()
+        if self._hangup_within(fault.stall):
+            waited = time.monotonic() - started
+            self.owner._hung_up(Hangup(path, "stall", waited, fault.stall - waited))
+            self.close_connection = True
+            return False
+        return True
+
+    def _drip(self, path: str, plan: _Plan, send: int, fault: Fault) -> None:
+        """The body, one byte every ``drip`` seconds, until its end or the client hangs up."""
+        assert fault.drip is not None
+        body = b"".join(_plan_chunks(plan, send, CHUNK_SIZE))
+        started = time.monotonic()
+        for index in range(len(body)):
+            try:
+                self.wfile.write(body[index : index + 1])
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                hung_up = True
+            else:
+                hung_up = self._hangup_within(fault.drip)
+            if hung_up:
+                waited = time.monotonic() - started
+                left = (len(body) - index) * fault.drip
+                self.owner._hung_up(Hangup(path, "drip", waited, left))
+                self.close_connection = True
+                return
+
+    def _send_endlessly(self, path: str) -> None:
+        """Filler after the body, until the client hangs up (a minute at most)."""
+        started = time.monotonic()
+        filler = b"\0" * CHUNK_SIZE
+        while time.monotonic() - started < 60:
+            try:
+                self.wfile.write(filler)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                waited = time.monotonic() - started
+                self.owner._hung_up(Hangup(path, "endless", waited, float("inf")))
+                return
+
+    def _hangup_within(self, seconds: float) -> bool:
+        """Wait ``seconds``, watching the connection: True as soon as the client closes it."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.05))
+            if not readable:
+                continue
+            try:
+                peeked = self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return True
+            if not peeked:
+                return True
+            time.sleep(min(left, 0.05))  # the client sent something: not a hang-up
+        return False
+
+    def _send_body(self, plan: _Plan, send: int, slow: int | None, *, skip: int = 0) -> None:
         chunk_size = CHUNK_SIZE if slow is None else max(1, slow // 20)
-        if plan.resource is None:
-            chunks: Iterator[bytes] = iter([plan.body[:send]])
-        else:
-            chunks = _read_chunks(plan.resource, plan.first, send, chunk_size)
+        chunks = _plan_chunks(plan, send, chunk_size, skip=skip)
         started = time.monotonic()
         sent = 0
         for chunk in chunks:
@@ -490,6 +655,22 @@ class _Handler(BaseHTTPRequestHandler):
                 if ahead > 0:
                     time.sleep(ahead)
         self.wfile.flush()
+
+
+def _stalled_part(plan: _Plan, fault: Fault) -> int:
+    """Body bytes sent before a stall (a body no longer than that is sent without one)."""
+    if fault.stall is None or plan.length <= fault.stall_after:
+        return 0
+    if not fault.stall_ranged and plan.status == 206:
+        return 0
+    return fault.stall_after
+
+
+def _plan_chunks(plan: _Plan, send: int, chunk_size: int, *, skip: int = 0) -> Iterator[bytes]:
+    """The first ``send`` bytes of the plan's body, but the first ``skip``."""
+    if plan.resource is None:
+        return iter([plan.body[skip:send]])
+    return _read_chunks(plan.resource, plan.first + skip, send - skip, chunk_size)
 
 
 def _read_chunks(resource: _Resource, first: int, length: int, chunk_size: int) -> Iterator[bytes]:

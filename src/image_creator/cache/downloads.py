@@ -93,21 +93,38 @@ class Downloads:
         remote: RemoteInfo | None,
         on_progress: ProgressCallback = no_progress,
         cancelled: threading.Event | None = None,
+        size: int | None = None,
     ) -> Iterator[Fetched]:
         """Open ``url`` for one sequential read to its end.
 
         A new cache entry is committed only if the block reads the source to its end and
         ends without an error (so after the caller verified its checksum). When
-        ``cancelled`` is set, waits between retries end at once.
+        ``cancelled`` is set, the transfer is cut and waits between retries end at once.
+        A download is held to ``remote`` (what the check found) and to ``size`` (the
+        config's size of the file): see ``http.open_stream``.
         """
         sleep = _cancellable_sleep(cancelled)
+
+        def stream() -> http.RemoteStream:
+            return http.open_stream(
+                url,
+                on_progress=on_progress,
+                sleep=sleep,
+                cancelled=cancelled,
+                expected=remote,
+                expected_size=size,
+            )
+
         if self.cache is None or not is_cacheable_url(url):
-            with http.open_stream(url, on_progress=on_progress, sleep=sleep) as stream:
-                yield Fetched(stream=stream)
+            with stream() as opened:
+                yield Fetched(stream=opened)
             return
-        size = remote.size if remote is not None else None
         with self.cache.slot(
-            EntryKind.FILES, url, url, version=version_of(remote), size=size
+            EntryKind.FILES,
+            url,
+            url,
+            version=version_of(remote),
+            size=remote.size if remote is not None else None,
         ) as slot:
             if slot.file is not None and slot.entry is not None:
                 on_progress(slot.entry.size)
@@ -120,11 +137,11 @@ class Downloads:
                         "the next build downloads it again"
                     ) from exc
                 return
-            with http.open_stream(url, on_progress=on_progress, sleep=sleep) as stream:
+            with stream() as opened:
                 if slot.writer is None:
-                    yield Fetched(stream=stream)
+                    yield Fetched(stream=opened)
                     return
-                tee = _Tee(stream, slot.writer)
+                tee = _Tee(opened, slot.writer)
                 yield Fetched(stream=tee, _writer=slot.writer)
                 slot.writer.complete = tee.at_end
 

@@ -6,15 +6,24 @@ published. A dropped connection or a 5xx is retried with exponential backoff; on
 delivered, a retry resumes at that offset with ``Range`` and the validators (ETag or
 Last-Modified) of the first response, and fails with a clear SourceError when the server
 cannot send the rest of the *same* version: delivered bytes cannot be taken back.
+
+What arrives is held to what was announced: a download is compared with the check's probe
+(its length, and its ETag or Last-Modified when it comes from the same URL) and with the
+config's size, is never read past that length, and fails with both numbers when it is shorter
+or longer. Every request is watched (fetch/watch.py): a cancelled run cuts it at once, a
+transfer below MIN_RATE for STALL_WINDOW is cut and resumed (STALL_RETRIES times at most),
+and small documents get TEXT_DEADLINE in all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +42,9 @@ from urllib3.util.retry import Retry
 
 from image_creator.__about__ import __version__
 from image_creator.config.model import CONFIG_LIMIT
-from image_creator.errors import SourceError, os_reason
+from image_creator.errors import Interrupted, SourceError, os_reason
+from image_creator.fetch import watch as watching
+from image_creator.fetch.watch import Cut, Watch, WatchedAdapter
 from image_creator.localfile import open_regular
 from image_creator.ui.base import ProgressCallback, no_progress
 
@@ -47,6 +58,11 @@ DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF = 1.0  # seconds before the first retry, doubled for each following one
 MAX_BACKOFF = 60.0
 TEXT_LIMIT = 64 * 1024
+# Stalls (see fetch/watch.py) a download survives, each resumed after a backoff; they are
+# forgiven once a connection delivers STALL_FORGIVEN bytes (a server that sends a burst and
+# stalls again every time is not making its way through a large file).
+STALL_RETRIES = 2
+STALL_FORGIVEN = 64 * 1024 * 1024
 
 Timeout = float | tuple[float, float]
 Sleep = Callable[[float], None]
@@ -119,7 +135,7 @@ def make_session(*, connect_retries: int = 3) -> requests.Session:
         backoff_factor=0.5,
         raise_on_status=False,
     )
-    adapter = requests.adapters.HTTPAdapter(max_retries=retry)
+    adapter = WatchedAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -209,6 +225,31 @@ def _backoff_delay(backoff: float, failures: int) -> float:
     return float(min(backoff * 2 ** (failures - 1), MAX_BACKOFF))
 
 
+def _cut_error(url: str, watch: Watch, reason: Cut) -> Exception:
+    """What a transfer cut by its watch ends with."""
+    if reason in (Cut.CANCELLED, Cut.CLOSED):
+        return Interrupted("cancelled")
+    if reason is Cut.TIMED_OUT:
+        return SourceError(
+            f"{url}: {watching.deadline_text(watch.deadline or 0.0)}",
+            hint="the server answers too slowly; try again later",
+        )
+    return SourceError(
+        f"{url}: {watching.stall_text()}", hint="the server answers too slowly; try again later"
+    )
+
+
+def _raise_if_cut(url: str, watch: Watch) -> None:
+    reason = watch.reason
+    if reason is not None:
+        raise _cut_error(url, watch, reason)
+
+
+def _adopt(watch: Watch, response: requests.Response) -> None:
+    """Register the connection of a response and its socket (see Watch.register_response)."""
+    watch.register_response(response)
+
+
 def _get(
     session: requests.Session,
     url: str,
@@ -218,21 +259,28 @@ def _get(
     retries: int,
     backoff: float,
     sleep: Sleep,
+    watch: Watch,
 ) -> requests.Response:
     """A streamed GET, retried on connection errors and retryable statuses; the response is
-    2xx or 416, anything else raises SourceError."""
+    2xx or 416, anything else raises SourceError. ``watch`` (attached to ``session``) may cut
+    it: the error then says why."""
     failures = 0
     while True:
+        _raise_if_cut(url, watch)
+        watch.arm()
         try:
             response = session.get(
                 url, headers=headers, stream=True, timeout=timeout, allow_redirects=True
             )
         except _PERMANENT_ERRORS as exc:
+            _raise_if_cut(url, watch)
             raise SourceError(f"{url}: {_describe(exc)}") from exc
         except _NETWORK_ERRORS as exc:
+            _raise_if_cut(url, watch)
             reason = _describe(exc)
         else:
             if response.ok or response.status_code == 416:
+                _adopt(watch, response)
                 return response
             response.close()
             if response.status_code not in _RETRYABLE_STATUSES:
@@ -243,6 +291,7 @@ def _get(
             raise SourceError(f"{url}: {reason} (after {failures} attempts)")
         delay = _backoff_delay(backoff, failures)
         logger.warning("%s: %s; retrying in %.1fs", url, reason, delay)
+        watch.disarm()
         sleep(delay)
 
 
@@ -262,12 +311,18 @@ def probe(
 
     HEAD (following redirects) first; when HEAD is refused or gives no length, a GET for the
     first byte (``Range: bytes=0-0``), whose Content-Range tells the total size. A file://
-    URL is looked up on disk. Raises SourceError when the source is unreachable or missing.
+    URL is looked up on disk. Raises SourceError when the source is unreachable or missing,
+    or does not answer within TEXT_DEADLINE.
     """
     path = local_path(url)
     if path is not None:
         return _probe_file(url, path)
-    with _session_for(session) as http:
+    with (
+        _session_for(session) as http,
+        Watch(deadline=watching.TEXT_DEADLINE) as watch,
+        watch.attached(http),
+    ):
+        watch.arm()
         try:
             head = http.head(
                 url,
@@ -277,8 +332,10 @@ def probe(
             )
         except (*_PERMANENT_ERRORS, requests.exceptions.ConnectionError) as exc:
             # no connection at all (or a bad URL): a GET would not do better
+            _raise_if_cut(url, watch)
             raise SourceError(f"{url}: {_describe(exc)}") from exc
         except _NETWORK_ERRORS as exc:
+            _raise_if_cut(url, watch)
             logger.debug("%s: HEAD failed (%s), trying GET", url, _describe(exc))
         else:
             head.close()
@@ -301,6 +358,7 @@ def probe(
             retries=retries,
             backoff=backoff,
             sleep=sleep,
+            watch=watch,
         )
         with response:
             _first, total = _content_range(response)
@@ -367,7 +425,7 @@ def read_text(
     sleep: Sleep = time.sleep,
 ) -> str:
     """A small text document (a checksum file), decoded as UTF-8; SourceError past ``limit``
-    bytes, so that a mistaken URL to a large file is not downloaded."""
+    bytes, so that a mistaken URL to a large file is not downloaded, or past TEXT_DEADLINE."""
     data = read_bytes(
         url, limit, session=session, timeout=timeout, retries=retries, backoff=backoff, sleep=sleep
     )
@@ -389,13 +447,18 @@ def read_bytes(
     backoff: float = DEFAULT_BACKOFF,
     sleep: Sleep = time.sleep,
 ) -> bytes:
-    """A small document's bytes; SourceError past ``limit`` bytes."""
+    """A small document's bytes; SourceError past ``limit`` bytes, or when it does not come
+    in full within TEXT_DEADLINE seconds (retries included), however its server drips it."""
     path = local_path(url)
     if path is not None:
         with _open_local(url, path) as file:
             data = file.read(limit + 1)
     else:
-        with _session_for(session) as http:
+        with (
+            _session_for(session) as http,
+            Watch(deadline=watching.TEXT_DEADLINE) as watch,
+            watch.attached(http),
+        ):
             response = _get(
                 http,
                 url,
@@ -404,18 +467,25 @@ def read_bytes(
                 retries=retries,
                 backoff=backoff,
                 sleep=sleep,
+                watch=watch,
             )
             with response:
                 if response.status_code == 416:
                     raise _http_error(url, response)
                 body = bytearray()
                 try:
-                    for chunk in response.iter_content(chunk_size=16 * 1024):
+                    # read1: what has arrived, so that the watch sees a slow server's progress
+                    while chunk := response.raw.read1(16 * 1024, decode_content=True):
                         body += chunk
+                        watch.received(len(chunk))
                         if len(body) > limit:
                             break
                 except _NETWORK_ERRORS as exc:
+                    _raise_if_cut(url, watch)
                     raise SourceError(f"{url}: {_describe(exc)}") from exc
+                # a cut connection without a length ends like a complete answer
+                if watch.was_cut is not None:
+                    raise _cut_error(url, watch, watch.was_cut)
                 data = bytes(body)
     if len(data) > limit:
         raise SourceError(f"{url}: more than {limit} bytes; expected a short document")
@@ -447,7 +517,7 @@ def read_range(
         with _open_local(url, path) as file:
             file.seek(start)
             return file.read(length)
-    with _session_for(session) as http:
+    with _session_for(session) as http, Watch() as watch, watch.attached(http):
         response = _get(
             http,
             url,
@@ -456,6 +526,7 @@ def read_range(
             retries=retries,
             backoff=backoff,
             sleep=sleep,
+            watch=watch,
         )
         with response:
             if response.status_code == 416:
@@ -468,30 +539,36 @@ def read_range(
                             f"{url}: asked for byte {start}, got a range from {first}"
                         )
                 else:
-                    _skip(response, start)
-                return _read_exactly(response, length)
+                    _skip(response, start, watch)
+                data = _read_exactly(response, length, watch)
             except _NETWORK_ERRORS as exc:
+                _raise_if_cut(url, watch)
                 raise SourceError(f"{url}: {_describe(exc)}") from exc
+            if watch.was_cut is not None:
+                raise _cut_error(url, watch, watch.was_cut)
+            return data
 
 
-def _read_exactly(response: requests.Response, length: int) -> bytes:
+def _read_exactly(response: requests.Response, length: int, watch: Watch) -> bytes:
     """Up to ``length`` raw bytes of the body (fewer only at its end)."""
     data = bytearray()
     while len(data) < length:
-        chunk = response.raw.read(min(CHUNK_SIZE, length - len(data)), decode_content=False)
+        chunk = response.raw.read1(min(CHUNK_SIZE, length - len(data)), decode_content=False)
         if not chunk:
             break
+        watch.received(len(chunk))
         data += chunk
     return bytes(data)
 
 
-def _skip(response: requests.Response, count: int) -> int:
+def _skip(response: requests.Response, count: int, watch: Watch) -> int:
     """Read and drop ``count`` raw body bytes; the number actually skipped (less at the end)."""
     skipped = 0
     while skipped < count:
-        chunk = response.raw.read(min(CHUNK_SIZE, count - skipped), decode_content=False)
+        chunk = response.raw.read1(min(CHUNK_SIZE, count - skipped), decode_content=False)
         if not chunk:
             break
+        watch.received(len(chunk))
         skipped += len(chunk)
     return skipped
 
@@ -584,6 +661,9 @@ class _HttpStream(RemoteStream):
         backoff: float,
         timeout: Timeout,
         sleep: Sleep,
+        cancelled: threading.Event | None,
+        expected: RemoteInfo | None,
+        expected_size: int | None,
     ) -> None:
         super().__init__(url, on_progress)
         self._owns_session = session is None
@@ -592,11 +672,24 @@ class _HttpStream(RemoteStream):
         self._backoff = backoff
         self._timeout = timeout
         self._sleep = sleep
+        self._expected = expected
+        self._expected_size = expected_size
         self._failures = 0
+        self._stalls = 0
         self._last_modified_header: str | None = None
         self._response: requests.Response | None = None
         self._at_end = False
+        # bytes the source has in all (announced, else known from the check or the config)
+        self._limit: int | None = None
+        self._response_has_length = False  # the current answer says where its body ends
+        self._connection_bytes = 0  # received on the current connection
+        # held while reading: a close from another thread waits for the read it woke
+        self._reading = threading.Lock()
+        self._watch = Watch(cancelled=cancelled)
+        self._exits = contextlib.ExitStack()
         try:
+            self._exits.enter_context(self._watch)
+            self._exits.enter_context(self._watch.attached(self._session))
             self._connect()
         except BaseException:
             self.close()
@@ -605,25 +698,41 @@ class _HttpStream(RemoteStream):
     # connection
 
     def _failed(self, reason: str) -> None:
-        """Count a failure: wait before the next attempt, or give up."""
+        """Count a failure: wait before the next attempt, or give up. A cut connection
+        fails for the reason of its cut: cancelled, or stalled (counted apart)."""
         self._drop_response()
-        self._failures += 1
-        if self._failures > self._retries:
-            at = f" at byte {self.position}" if self.position else ""
-            raise SourceError(
-                f"{self.url}: {reason}{at} (gave up after {self._failures} attempts)",
-                hint="the server or the network keeps failing; try again later",
-            )
-        delay = _backoff_delay(self._backoff, self._failures)
+        cut = self._watch.reason
+        if cut is not None and cut is not Cut.STALLED:
+            raise _cut_error(self.url, self._watch, cut)
+        at = f" at byte {self.position}" if self.position else ""
+        if self._watch.take_stall():
+            reason = watching.stall_text()
+            self._stalls += 1
+            failures, allowed = self._stalls, STALL_RETRIES
+            if self._stalls > STALL_RETRIES:
+                raise SourceError(
+                    f"{self.url}: {reason}{at} (gave up after {self._stalls} stalls)",
+                    hint="the server or the network is too slow; try again later",
+                )
+        else:
+            self._failures += 1
+            failures, allowed = self._failures, self._retries
+            if self._failures > self._retries:
+                raise SourceError(
+                    f"{self.url}: {reason}{at} (gave up after {self._failures} attempts)",
+                    hint="the server or the network keeps failing; try again later",
+                )
+        delay = _backoff_delay(self._backoff, failures)
         logger.warning(
             "%s: %s at byte %d; retrying in %.1fs (%d/%d)",
             self.url,
             reason,
             self.position,
             delay,
-            self._failures,
-            self._retries,
+            failures,
+            allowed,
         )
+        self._watch.disarm()
         self._sleep(delay)
 
     def _drop_response(self) -> None:
@@ -646,6 +755,8 @@ class _HttpStream(RemoteStream):
     def _connect(self) -> None:
         """Open a response that continues at ``position``, retrying as allowed."""
         while self._response is None:
+            _raise_if_cut(self.url, self._watch)
+            self._watch.arm()
             # resume where the bytes came from: another mirror would have other validators
             target = self.final_url if self.position else self.url
             try:
@@ -657,10 +768,14 @@ class _HttpStream(RemoteStream):
                     allow_redirects=True,
                 )
             except _PERMANENT_ERRORS as exc:
+                if self._watch.reason is not None:  # a TLS handshake cut by the watch
+                    self._failed(_describe(exc))
+                    continue
                 raise SourceError(f"{self.url}: {_describe(exc)}") from exc
             except _NETWORK_ERRORS as exc:
                 self._failed(_describe(exc))
                 continue
+            _adopt(self._watch, response)
             status = response.status_code
             if status in (200, 206):
                 try:
@@ -675,7 +790,7 @@ class _HttpStream(RemoteStream):
             response.close()
             if status == 412:
                 raise self._changed("the server refused the resume request (HTTP 412)")
-            if status == 416 and self.size is not None and self.position >= self.size:
+            if status == 416 and self._limit is not None and self.position >= self._limit:
                 self._at_end = True
                 return
             if status in _RETRYABLE_STATUSES:
@@ -689,20 +804,62 @@ class _HttpStream(RemoteStream):
             hint="the file probably changed on the server during the download; start again",
         )
 
+    def _check_against_plan(self, response: requests.Response, size: int | None) -> None:
+        """The first answer must be the content the check saw, of the size the config says."""
+        hint = "the file changed on the server since it was checked; run the build again"
+        expected = self._expected
+        if expected is not None:
+            if expected.size is not None and size is not None and size != expected.size:
+                raise SourceError(
+                    f"{self.url}: the download announces {size} bytes, the check found "
+                    f"{expected.size} bytes",
+                    hint=hint,
+                )
+            # another mirror has other validators: only the same URL can be compared
+            if response.url == expected.url:
+                etag = response.headers.get("ETag")
+                modified = _parse_date(response.headers.get("Last-Modified"))
+                if expected.etag and etag:
+                    if _opaque_tag(etag) != _opaque_tag(expected.etag):
+                        raise SourceError(
+                            f"{self.url}: its ETag is {etag} for the download, "
+                            f"{expected.etag} when checked",
+                            hint=hint,
+                        )
+                elif expected.last_modified and modified and modified != expected.last_modified:
+                    raise SourceError(
+                        f"{self.url}: it was last modified {modified.isoformat()} for the "
+                        f"download, {expected.last_modified.isoformat()} when checked",
+                        hint=hint,
+                    )
+        if self._expected_size is not None and size is not None and size != self._expected_size:
+            raise SourceError(
+                f"{self.url}: the download announces {size} bytes, "
+                f"the config's size is {self._expected_size} bytes"
+            )
+
     def _use(self, response: requests.Response) -> None:
         """Adopt a 200/206 response, checking that it continues the same content."""
         etag = response.headers.get("ETag")
         last_modified = response.headers.get("Last-Modified")
         first, total = _content_range(response)
         size = total if response.status_code == 206 else _content_length(response)
+        self._response_has_length = _content_length(response) is not None
+        self._connection_bytes = 0
         if not self.position:
             if response.status_code == 206 and first not in (None, 0):
                 raise SourceError(f"{self.url}: server sent a range from byte {first} unasked")
+            self._check_against_plan(response, size)
             self.final_url = response.url
             self.etag = etag
             self._last_modified_header = last_modified
             self.last_modified = _parse_date(last_modified)
-            self.size = size
+            self._limit = _first_known(
+                size,
+                self._expected.size if self._expected is not None else None,
+                self._expected_size,
+            )
+            self.size = self._limit
             self._response = response
             return
 
@@ -740,7 +897,7 @@ class _HttpStream(RemoteStream):
                 self.url,
                 self.position,
             )
-            if _skip(response, self.position) < self.position:
+            if _skip(response, self.position, self._watch) < self.position:
                 raise urllib3.exceptions.ProtocolError("connection closed while skipping")
         self._response = response
         self.resumes += 1
@@ -749,32 +906,91 @@ class _HttpStream(RemoteStream):
     # reading
 
     def _next_chunk(self) -> bytes:
+        with self._reading:
+            if self._watch.was_cut is Cut.CLOSED:
+                raise Interrupted("cancelled")
+            return self._read_next()
+
+    def _read_next(self) -> bytes:
         while not self._at_end:
             if self._response is None:
                 self._connect()
                 continue
+            wanted = CHUNK_SIZE
+            if self._limit is not None:
+                if self.position >= self._limit:
+                    self._end_at_limit(self._response)
+                    continue
+                wanted = min(wanted, self._limit - self.position)
             try:
-                # read1: what has arrived, up to a chunk. A fast link fills whole chunks, and a
-                # slow one never blocks a read long, so a cancelled download stops promptly.
-                chunk: bytes = self._response.raw.read1(CHUNK_SIZE, decode_content=False)
+                # read1: what has arrived, up to a chunk: a slow link never blocks a read long
+                chunk: bytes = self._response.raw.read1(wanted, decode_content=False)
             except _NETWORK_ERRORS as exc:
                 self._failed(f"connection lost ({_describe(exc)})")
                 continue
             if chunk:
-                self._failures = 0
+                self._received(len(chunk))
                 return chunk
-            if self.size is not None and self.position < self.size:
-                self._failed(f"connection closed early ({self.size} bytes expected)")
+            if self._watch.was_cut is not None:  # the watch cut it: no end of the content
+                self._failed("connection cut")
+                continue
+            if self._limit is not None and self.position < self._limit:
+                self._failed(f"connection closed early ({self._limit} bytes expected)")
                 continue
             self._at_end = True
             self._drop_response()
         return b""
 
-    def close(self) -> None:
+    def _received(self, count: int) -> None:
+        self._failures = 0
+        self._watch.received(count)
+        self._connection_bytes += count
+        if self._connection_bytes >= STALL_FORGIVEN:
+            self._stalls = 0  # a healthy stretch: earlier stalls are forgiven
+
+    def _end_at_limit(self, response: requests.Response) -> None:
+        """All the announced bytes came. An answer without a length of its own ends where its
+        server closes it: one more byte means it sends more than announced."""
+        if not self._response_has_length:
+            try:
+                extra = response.raw.read1(1, decode_content=False)
+            except _NETWORK_ERRORS:
+                extra = b""
+            if extra and self._watch.was_cut is None:
+                self._drop_response()
+                raise SourceError(
+                    f"{self.url}: the server sends more than the {self._limit} bytes announced",
+                    hint="the file changed on the server since it was checked, or the server "
+                    "is broken",
+                )
+        self._at_end = True
         self._drop_response()
+
+    def close(self) -> None:
+        # from any thread: a read blocked in another one wakes up at once (a base image's
+        # download is fed to xz from a thread of its own)
+        self._watch.cut(Cut.CLOSED)
+        # a reader in another thread wakes up now; one sleeping between attempts is not
+        # waited for long
+        reading = self._reading.acquire(timeout=2.0)
+        try:
+            self._drop_response()
+        finally:
+            if reading:
+                self._reading.release()
+        self._exits.close()
         if self._owns_session:
             self._session.close()
         super().close()
+
+
+def _first_known(*values: int | None) -> int | None:
+    return next((value for value in values if value is not None), None)
+
+
+def _opaque_tag(etag: str) -> str:
+    """An ETag without its weakness mark: a server may mark one answer weak and not another."""
+    return etag.removeprefix("W/")
 
 
 def open_stream(
@@ -786,13 +1002,23 @@ def open_stream(
     backoff: float = DEFAULT_BACKOFF,
     timeout: Timeout = DEFAULT_TIMEOUT,
     sleep: Sleep = time.sleep,
+    cancelled: threading.Event | None = None,
+    expected: RemoteInfo | None = None,
+    expected_size: int | None = None,
 ) -> RemoteStream:
     """Open a source (http, https or file URL) for sequential reading; use it with ``with``.
 
     The first request is made here, so a missing source fails at once (SourceError
-    ``"URL: HTTP 404 Not Found"``). Reading resumes transparently after dropped connections
-    and 5xx answers (``retries`` consecutive failures allowed, waits of ``backoff`` seconds
-    doubling each time). ``on_progress`` gets the number of bytes received, as received.
+    ``"URL: HTTP 404 Not Found"``). Reading resumes transparently after dropped connections,
+    stalls and 5xx answers (``retries`` consecutive failures allowed, STALL_RETRIES stalls,
+    waits of ``backoff`` seconds doubling each time). ``on_progress`` gets the number of
+    bytes received, as received.
+
+    ``expected``: what the check's probe found; a download that announces another size, or
+    (from the same URL) another ETag or Last-Modified, fails. ``expected_size``: the config's
+    size of the file, likewise. The stream never reads past the first size known of these,
+    and fails when the server sends fewer or more bytes. ``cancelled``: set, the transfer
+    is cut within WATCH_INTERVAL and reading raises Interrupted.
     """
     path = local_path(url)
     if path is not None:
@@ -805,6 +1031,9 @@ def open_stream(
         backoff=backoff,
         timeout=timeout,
         sleep=sleep,
+        cancelled=cancelled,
+        expected=expected,
+        expected_size=expected_size,
     )
 
 
@@ -818,9 +1047,13 @@ def download(
     backoff: float = DEFAULT_BACKOFF,
     timeout: Timeout = DEFAULT_TIMEOUT,
     sleep: Sleep = time.sleep,
+    cancelled: threading.Event | None = None,
+    expected: RemoteInfo | None = None,
+    expected_size: int | None = None,
 ) -> DownloadResult:
     """Stream a source into ``sink`` (called with each chunk, in order, each byte once),
-    resuming as ``open_stream`` does. Raises SourceError when the source cannot be fully read.
+    resuming and checking as ``open_stream`` does. Raises SourceError when the source cannot
+    be fully read.
     """
     with open_stream(
         url,
@@ -830,6 +1063,9 @@ def download(
         backoff=backoff,
         timeout=timeout,
         sleep=sleep,
+        cancelled=cancelled,
+        expected=expected,
+        expected_size=expected_size,
     ) as stream:
         for chunk in stream.chunks():
             sink(chunk)

@@ -90,10 +90,17 @@ def fetch_base_image(
     checksum = source.checksum
     if checksum is not None:
         hashers.append(new_hasher(checksum.algo.value))
+    # Set on the way out, whatever the way: the download is cut even while xz's feeder
+    # thread is blocked reading it (the main thread itself is woken by the signal).
+    leaving = threading.Event()
     with (
-        downloads.open(base.url, remote=source.remote, on_progress=on_progress) as fetched,
+        downloads.open(
+            base.url, remote=source.remote, on_progress=on_progress, cancelled=leaving
+        ) as fetched,
         target.open("r+b") as file,
+        contextlib.ExitStack() as on_exit,
     ):
+        on_exit.callback(leaving.set)
         reader = HashingReader(fetched.stream, *hashers)
         limit = _size_limit(source)
         writer = SparseWriter(file, limit)
@@ -156,6 +163,9 @@ def _feed(reader: HashingReader, sink: IO[bytes], failures: list[BaseException])
     try:
         while chunk := reader.read(CHUNK):
             sink.write(chunk)
+            # nothing left in the pipe's buffer while the next read waits on the network: a
+            # close after xz was killed (Ctrl-C) would try to flush it and fail
+            sink.flush()
     except BaseException as exc:
         failures.append(exc)
     finally:

@@ -139,7 +139,11 @@ def _place(
     with (
         reporter.progress(str(entry.to), source.download_size) as advance,
         downloads.open(
-            url, remote=source.remote, on_progress=advance, cancelled=cancelled
+            url,
+            remote=source.remote,
+            on_progress=advance,
+            cancelled=cancelled,
+            size=entry.size if entry.via is Via.DIRECT else None,
         ) as fetched,
     ):
         if entry.via is Via.DIRECT and _known_good(fetched, entry.checksum, expected):
