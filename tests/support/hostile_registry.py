@@ -25,6 +25,7 @@ import hashlib
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -121,6 +122,8 @@ class Served:
     later: dict[str, bytes] = field(default_factory=dict)
     tails: dict[str, str] = field(default_factory=dict)  # path tail -> key in blobs
     token: bytes = b'{"token": "hostile"}'
+    # blob key -> seconds a whole-blob GET stalls after its headers (ranged reads do not)
+    stalls: dict[str, float] = field(default_factory=dict)
 
     def add_blob(self, data: bytes, key: str | None = None, *, tail: str | None = None) -> str:
         key = key or sha256(data)
@@ -188,6 +191,8 @@ class HostileRegistry:
     host: str  # "127.0.0.1:PORT"
     served: Served
     requests: list[str] = field(default_factory=list)  # request paths, percent-decoded
+    # (blob key, seconds the stall still had to run) for each client that hung up during one
+    hangups: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
@@ -227,7 +232,35 @@ class _Handler(BaseHTTPRequestHandler):
         if body is None:
             self._answer(404, b'{"errors": [{"code": "BLOB_UNKNOWN"}]}')
             return
+        stall = self.registry.served.stalls.get(path.removeprefix(prefix + "blobs/"))
+        if stall is not None and "Range" not in self.headers:
+            self._stall(path.removeprefix(prefix + "blobs/"), body, stall)
+            return
         self._ranged(body)
+
+    def _stall(self, key: str, body: bytes, seconds: float) -> None:
+        """Headers, then nothing for ``seconds`` (then the body), noting a client hang-up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.flush()
+        deadline = time.monotonic() + seconds
+        self.connection.settimeout(0.05)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                if self.connection.recv(1):
+                    continue
+            except TimeoutError:
+                continue
+            except OSError:
+                pass
+            with self.lock:
+                self.registry.hangups.append((key, left))
+            self.close_connection = True
+            return
+        self.connection.settimeout(None)
+        self.wfile.write(body)
 
     def _document(self, documents: Mapping[str, bytes], key: str) -> bytes | None:
         with self.lock:

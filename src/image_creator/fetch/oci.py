@@ -10,28 +10,40 @@ docker-export (which verifies nothing and names files after the manifest's diges
 lays out the docker-load tar: the documents and blobs are fetched and verified here, and
 the tar is verified once written (its config against ``config.digest``, its layers against
 the config's diff_ids).
+
+Every request is watched (fetch/watch.py): documents and the token get TEXT_DEADLINE in all,
+a layer download is cut when it stalls or when the run is cancelled, and a layer never
+inflates past what its gzip trailer says (plus LAYER_SLACK) into the build folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
 import json
 import logging
 import re
 import tarfile
 import tempfile
+import threading
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker_export
 import requests
-from docker_export import Image, Platform, RegistryAuth
+import urllib3.exceptions
+from docker_export import Image, Platform
 
 from image_creator.config.model import OCI_PLATFORM
 from image_creator.config.units import round_up
-from image_creator.errors import SourceError
+from image_creator.errors import Interrupted, SourceError
+from image_creator.fetch import watch as watching
+from image_creator.fetch.http import make_session
+from image_creator.fetch.watch import Cut, Watch
 from image_creator.ui.base import ProgressCallback, no_progress
 
 logger = logging.getLogger(__name__)
@@ -44,8 +56,15 @@ DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # The distribution spec lets registries refuse manifests over 4 MiB; configs are small too.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
+MAX_TOKEN_BYTES = 64 * 1024
+# What a layer may inflate to beyond the size its gzip trailer (ISIZE) gives: the size the
+# check planned for. A trailer is exact for the single-member gzip streams registries serve.
+LAYER_SLACK = 1024 * 1024
 _CHUNK = 1024 * 1024
 _SHOWN = 80  # characters of a registry's value quoted in an error
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+# what a broken or cut connection raises, from requests or from urllib3 directly
+_NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
 # Upper bound for what docker-export adds around the layers: a tar header for each member,
 # each layer's VERSION and json, manifest.json, repositories, and the end-of-archive blocks.
 _EXPORT_OVERHEAD_PER_LAYER = 8 * 1024
@@ -199,33 +218,105 @@ def _verify(data: bytes, digest: str, *, label: str) -> None:
 
 
 class _Registry:
-    """One image's registry for one run: the token, and GETs that check the status."""
+    """One image's registry for one run: the token, and GETs that check the status, each
+    watched (cut when ``cancelled`` is set, when it stalls, or past its deadline)."""
 
-    def __init__(self, ident: str, session: requests.Session) -> None:
+    def __init__(
+        self, ident: str, session: requests.Session, cancelled: threading.Event | None = None
+    ) -> None:
         self.ident = ident
         self.image = parse_ident(ident)
         self.session = session
-        try:
-            auth = RegistryAuth.init(self.image)
-            auth.authenticate()
-        # docker-export reads the challenge and the token answer without checking them
-        except (requests.RequestException, ValueError, LookupError, AttributeError) as exc:
-            raise SourceError(f"{ident}: no token from the registry: {_describe(exc)}") from exc
-        token: object = auth.token
-        if token is not None and not isinstance(token, str):
-            raise SourceError(f"{ident}: no token from the registry: got {_shown(token)}")
+        self.cancelled = cancelled
+        self.headers: dict[str, str] = {}
+        token = self._token()
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _token(self) -> str | None:
+        """A pull token, as docker-export gets one: ``/v2/`` answers 401 naming the token
+        realm and service (else ``/token`` of the registry is asked), the realm answers a
+        JSON object with the token. Read here so that both requests are bounded."""
+        registry = self.image.registry
+        realm, service = f"https://{registry}/token", ""
+        try:
+            with self.watched(deadline=watching.TEXT_DEADLINE) as watch:
+                url = f"https://{registry}/v2/"
+                with self.reporting_cuts(watch, "the token", url):
+                    response = self.session.get(url, timeout=docker_export.REQUEST_TIMEOUT)
+                if response.status_code == requests.codes.unauthorized:
+                    challenge = dict(
+                        _CHALLENGE_PARAM.findall(response.headers.get("WWW-Authenticate", ""))
+                    )
+                    realm = challenge.get("realm", realm)
+                    service = challenge.get("service", service)
+                raw = self._read(
+                    watch,
+                    realm,
+                    what="the token",
+                    limit=MAX_TOKEN_BYTES,
+                    params={"service": service, "scope": f"repository:{self.image.fullname}:pull"},
+                    authorized=False,
+                    check_status=False,
+                )
+            answer = json.loads(raw)
+        except (requests.RequestException, ValueError) as exc:
+            raise SourceError(
+                f"{self.ident}: no token from the registry: {_describe(exc)}"
+            ) from exc
+        if not isinstance(answer, dict):
+            raise SourceError(f"{self.ident}: no token from the registry: got {_shown(answer)}")
+        token: object = answer.get("token") or answer.get("access_token")
+        if token is not None and not isinstance(token, str):
+            raise SourceError(f"{self.ident}: no token from the registry: got {_shown(token)}")
+        return token or None
 
     def url(self, kind: str, reference: str) -> str:
         return f"https://{self.image.registry}/v2/{self.image.fullname}/{kind}/{reference}"
 
-    def get(self, url: str, *, accept: str | None = None, what: str) -> requests.Response:
+    @contextlib.contextmanager
+    def watched(self, *, deadline: float | None = None) -> Iterator[Watch]:
+        with (
+            Watch(cancelled=self.cancelled, deadline=deadline) as watch,
+            watch.attached(self.session),
+        ):
+            yield watch
+
+    def cut_error(self, watch: Watch, what: str, url: str) -> Exception | None:
+        """Why ``watch`` cut a request, as the error to raise; None if it did not."""
+        reason = watch.reason if watch.was_cut is None else watch.was_cut
+        if reason is None:
+            return None
+        if reason in (Cut.CANCELLED, Cut.CLOSED):
+            return Interrupted("cancelled")
+        if reason is Cut.TIMED_OUT:
+            text = watching.deadline_text(watch.deadline or 0.0)
+        else:
+            text = watching.stall_text()
+        return SourceError(f"{self.ident}: {what}: {text} ({url})")
+
+    @contextlib.contextmanager
+    def reporting_cuts(self, watch: Watch, what: str, url: str) -> Iterator[None]:
+        """A network error on a request the watch cut is reported as the cut."""
+        try:
+            yield
+        except _NETWORK_ERRORS as exc:
+            error = self.cut_error(watch, what, url)
+            if error is not None:
+                raise error from exc
+            raise
+
+    def get(
+        self, url: str, *, accept: str | None = None, what: str, watch: Watch
+    ) -> requests.Response:
         headers = dict(self.headers)
         if accept is not None:
             headers["Accept"] = accept
-        response = self.session.get(
-            url, headers=headers, timeout=docker_export.REQUEST_TIMEOUT, stream=True
-        )
+        watch.arm()
+        with self.reporting_cuts(watch, what, url):
+            response = self.session.get(
+                url, headers=headers, timeout=docker_export.REQUEST_TIMEOUT, stream=True
+            )
+        watch.register_response(response)
         if response.status_code != requests.codes.ok:
             response.close()
             raise SourceError(
@@ -234,13 +325,50 @@ class _Registry:
         return response
 
     def read(self, url: str, *, accept: str | None = None, what: str, limit: int) -> bytes:
-        """A whole document, refused past ``limit`` bytes."""
+        """A whole document, refused past ``limit`` bytes or TEXT_DEADLINE seconds."""
+        with self.watched(deadline=watching.TEXT_DEADLINE) as watch:
+            return self._read(watch, url, accept=accept, what=what, limit=limit)
+
+    def _read(
+        self,
+        watch: Watch,
+        url: str,
+        *,
+        accept: str | None = None,
+        what: str,
+        limit: int,
+        params: dict[str, str] | None = None,
+        authorized: bool = True,
+        check_status: bool = True,
+    ) -> bytes:
         body = bytearray()
-        with self.get(url, accept=accept, what=what) as response:
-            for chunk in response.iter_content(_CHUNK):
-                body += chunk
-                if len(body) > limit:
-                    raise SourceError(f"{self.ident}: {what} is larger than {limit} bytes")
+        headers = dict(self.headers) if authorized else {}
+        if accept is not None:
+            headers["Accept"] = accept
+        watch.arm()
+        with self.reporting_cuts(watch, what, url):
+            response = self.session.get(
+                url,
+                headers=headers,
+                params=params,
+                timeout=docker_export.REQUEST_TIMEOUT,
+                stream=True,
+            )
+            with response:
+                watch.register_response(response)
+                if check_status and response.status_code != requests.codes.ok:
+                    raise SourceError(
+                        f"{self.ident}: HTTP {response.status_code} {response.reason} "
+                        f"for {what} ({url})"
+                    )
+                while chunk := response.raw.read1(_CHUNK, decode_content=True):
+                    watch.received(len(chunk))
+                    body += chunk
+                    if len(body) > limit:
+                        raise SourceError(f"{self.ident}: {what} is larger than {limit} bytes")
+        error = self.cut_error(watch, what, url) if watch.was_cut is not None else None
+        if error is not None:  # cut: what came is not the whole document
+            raise error
         return bytes(body)
 
 
@@ -346,25 +474,36 @@ def _uncompressed_layer_size(registry: _Registry, layer: Descriptor, number: int
         )
     if size < 4:
         raise SourceError(f"{ident}: layers[{number}] is {size} bytes, too small for gzip")
-    response = registry.session.get(
-        registry.url("blobs", layer.digest),
-        headers={**registry.headers, "Range": f"bytes={size - 4}-{size - 1}"},
-        timeout=docker_export.REQUEST_TIMEOUT,
-        stream=True,
-    )
-    with response:
-        if response.status_code != requests.codes.partial_content:
-            raise SourceError(
-                f"{ident}: the registry does not serve ranges (HTTP {response.status_code}); "
-                "give filesize and fullsize for this image in the config"
+    url = registry.url("blobs", layer.digest)
+    what = f"the end of layers[{number}]"
+    with registry.watched(deadline=watching.TEXT_DEADLINE) as watch:
+        watch.arm()
+        with registry.reporting_cuts(watch, what, url):
+            response = registry.session.get(
+                url,
+                headers={**registry.headers, "Range": f"bytes={size - 4}-{size - 1}"},
+                timeout=docker_export.REQUEST_TIMEOUT,
+                stream=True,
             )
-        tail = response.raw.read(4)
+            with response:
+                watch.register_response(response)
+                if response.status_code != requests.codes.partial_content:
+                    raise SourceError(
+                        f"{ident}: the registry does not serve ranges "
+                        f"(HTTP {response.status_code}); "
+                        "give filesize and fullsize for this image in the config"
+                    )
+                tail = response.raw.read(4)
     if len(tail) != 4:
         raise SourceError(
             f"{ident}: the registry served {len(tail)} bytes for 4 of layers[{number}]"
         )
-    isize = int.from_bytes(tail, "little")
-    while isize < _least_inflated(size):  # wrapped around 2^32: a layer of 4 GiB or more
+    return _inflated_size(int.from_bytes(tail, "little"), size)
+
+
+def _inflated_size(isize: int, compressed: int) -> int:
+    """A gzip stream's uncompressed size from its ISIZE (the size modulo 2^32)."""
+    while isize < _least_inflated(compressed):  # wrapped around 2^32: 4 GiB or more
         isize += 1 << 32
     return isize
 
@@ -380,7 +519,7 @@ def inspect_image(ident: str) -> RemoteImage:
     """The registry's description of ``ident`` for linux/arm64/v8 (no layer is downloaded):
     the manifest and the config are verified against their digests."""
     try:
-        with requests.Session() as session:
+        with make_session() as session:
             registry = _Registry(ident, session)
             manifest = _platform_manifest(registry, None)
             _image_config(registry, manifest)
@@ -388,7 +527,7 @@ def inspect_image(ident: str) -> RemoteImage:
                 _uncompressed_layer_size(registry, layer, number)
                 for number, layer in enumerate(manifest.layers)
             )
-    except (requests.RequestException, OSError, ValueError) as exc:
+    except (*_NETWORK_ERRORS, ValueError) as exc:
         raise SourceError(f"{ident}: {_describe(exc)}") from exc
     return RemoteImage(
         ident=ident,
@@ -405,22 +544,24 @@ def export_image(
     build_dir: Path,
     manifest_digest: str | None = None,
     on_progress: ProgressCallback = no_progress,
+    cancelled: threading.Event | None = None,
 ) -> ExportedImage:
     """Pull ``ident`` for linux/arm64/v8 into the docker-load tar ``target``, verified.
 
     With ``manifest_digest`` (the one a check verified), that manifest is pulled, whatever
-    the tag names now; without it, the one the index names.
+    the tag names now; without it, the one the index names. When ``cancelled`` is set, the
+    transfer under way is cut and Interrupted raised.
     """
     try:
-        with requests.Session() as session:
-            registry = _Registry(ident, session)
+        with make_session() as session:
+            registry = _Registry(ident, session, cancelled)
             manifest = _platform_manifest(registry, manifest_digest)
             config = _image_config(registry, manifest)
             _write_export(
                 registry, manifest, config, target, build_dir=build_dir, on_progress=on_progress
             )
     # EOFError, zlib.error: a layer that is not the gzip stream its media type says
-    except (requests.RequestException, OSError, ValueError, EOFError, zlib.error) as exc:
+    except (*_NETWORK_ERRORS, ValueError, EOFError, zlib.error) as exc:
         raise SourceError(f"{ident}: export failed: {_describe(exc)}") from exc
     return verify_export(target, label=ident, config_digest=manifest.config.digest)
 
@@ -488,27 +629,61 @@ def _download_layer(
     blob = layer_dir / ("layer.tar" if plain else "layer_gzip.tar")
     digest = hashlib.sha256()
     received = 0
-    with (
-        registry.get(registry.url("blobs", layer.digest), what=what) as response,
-        blob.open("wb") as file,
-    ):
-        for chunk in response.iter_content(_CHUNK):
-            received += len(chunk)
-            if received > layer.size:
-                raise SourceError(
-                    f"{ident}: {what} does not match its digest {layer.digest}: "
-                    f"more than the {layer.size} bytes the manifest gives"
-                )
-            digest.update(chunk)
-            file.write(chunk)
-            on_progress(len(chunk))
+    url = registry.url("blobs", layer.digest)
+    with registry.watched() as watch:
+        with (
+            registry.get(url, what=what, watch=watch) as response,
+            blob.open("wb") as file,
+            registry.reporting_cuts(watch, what, url),
+        ):
+            # read1: what has arrived, so that the watch sees a slow link's progress; the
+            # blob as served (its digest is over these bytes, whatever the encoding says)
+            while chunk := response.raw.read1(_CHUNK, decode_content=False):
+                received += len(chunk)
+                watch.received(len(chunk))
+                if received > layer.size:
+                    raise SourceError(
+                        f"{ident}: {what} does not match its digest {layer.digest}: "
+                        f"more than the {layer.size} bytes the manifest gives"
+                    )
+                digest.update(chunk)
+                file.write(chunk)
+                on_progress(len(chunk))
+        error = registry.cut_error(watch, what, url) if watch.was_cut is not None else None
+        if error is not None:
+            raise error
     actual = f"sha256:{digest.hexdigest()}"
     if actual != layer.digest:
         raise SourceError(
             f"{ident}: {what} does not match its digest {layer.digest} (got {actual})"
         )
     if not plain:
-        docker_export.extract_layer(layer.digest, layer_dir)
+        _inflate_layer(registry, layer, what, blob, layer_dir / "layer.tar")
+
+
+def _inflate_layer(
+    registry: _Registry, layer: Descriptor, what: str, blob: Path, target: Path
+) -> None:
+    """``target``: the verified gzip ``blob`` decompressed, never past the size its trailer
+    gives (the size the check planned) plus LAYER_SLACK: a small blob may inflate to
+    anything, and the build folder is on the host's disk."""
+    with blob.open("rb") as file:
+        file.seek(-4, 2)
+        planned = _inflated_size(int.from_bytes(file.read(4), "little"), layer.size)
+    limit = planned + LAYER_SLACK
+    written = 0
+    with gzip.open(blob, "rb") as source, target.open("wb") as sink:
+        while chunk := source.read(_CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise SourceError(
+                    f"{registry.ident}: {what} ({layer.digest}) inflates past the {planned} "
+                    f"bytes its gzip trailer gives (and {LAYER_SLACK} bytes of slack); refused"
+                )
+            sink.write(chunk)
+            if registry.cancelled is not None and registry.cancelled.is_set():
+                raise Interrupted("cancelled")
+    blob.unlink()
 
 
 @dataclass(frozen=True)

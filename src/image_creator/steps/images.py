@@ -81,6 +81,7 @@ def place_image(
                     build_dir=build_dir,
                     manifest_digest=source.manifest_digest,
                     on_progress=advance,
+                    cancelled=cancelled,
                 )
             slot.keep(staging)
             return _placed(target, exported, from_cache=False)
