@@ -622,7 +622,7 @@ def test_a_failure_cancels_the_other_downloads(
     """One file fails its checksum while another still downloads slowly: the build stops
     at once instead of waiting for the slow one, and cleans up."""
     slow_url = served.add("/slow.zim", os.urandom(16 * MIB))
-    served.fault("/slow.zim", slow=1 * MIB)  # 16 s
+    served.fault("/slow.zim", stall=600, stall_after=1 * MIB)  # would hold it for 10 minutes
     bad_url = served.add("/bad.txt", b"not what was announced\n")
     config = write_config(
         tmp_path,
@@ -639,14 +639,13 @@ def test_a_failure_cancels_the_other_downloads(
         },
     )
 
-    started = time.monotonic()
     outcome = build(capsys, config, output)
-    took = time.monotonic() - started
 
     assert outcome.code == 4, outcome.stderr
     assert len(outcome.errors) == 1
     assert outcome.errors[0].startswith(f"error: {bad_url}: sha-256 checksum mismatch")
-    assert took < 8, f"waited {took:.1f}s: the slow download was not cancelled"
+    # the stalled download was cut by the build, not waited for: its server saw it hang up
+    assert served.hangups_for("/slow.zim"), "the stalled download was not cancelled"
     assert_no_leaks(output)
 
 
@@ -794,17 +793,14 @@ def staged_under(output: Path, pattern: str) -> list[Path]:
     return [path for folder in build_dirs(output) for path in folder.glob(f"data/{pattern}")]
 
 
-def assert_interrupted(
-    running: RunningBuild, signum: signal.Signals, output: Path, *, within: float
-) -> None:
+def assert_interrupted(running: RunningBuild, signum: signal.Signals, output: Path) -> None:
     """The build is mid-way (image attached and mounted or being resized); signal it."""
-    code, took = running.interrupt(signum)
+    code, _ = running.interrupt(signum)  # a bounded wait: a build that hangs fails the test
     assert code == 130, f"exit {code}\n{running.stdout}\n{running.stderr}"
     expected = "interrupted" if signum == signal.SIGINT else "interrupted by SIGTERM"
     errors = [line for line in running.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: {expected}"], running.stderr
     assert "image ready" not in running.stdout
-    assert took < within, f"took {took:.1f}s to stop after {signum.name}"
     assert_no_leaks(output)
 
 
@@ -829,7 +825,7 @@ def test_interrupt_while_downloading_the_base_image(
         )
         time.sleep(0.5)
         assert len(find_leftovers(output).partials) == 1  # mid-way: the partial image exists
-        assert_interrupted(running, signal.SIGINT, output, within=5)
+        assert_interrupted(running, signal.SIGINT, output)
 
 
 @pytest.mark.parametrize("signum", SIGNALS)
@@ -856,7 +852,7 @@ def test_interrupt_while_downloading_a_file(
         # mid-way indeed: the data partition is attached and mounted in the build folder
         assert len(loop_devices_in(output.parent)) == 1
         assert any(point.endswith("/data") for point in mounts_in(output.parent))
-        assert_interrupted(running, signum, output, within=10)
+        assert_interrupted(running, signum, output)
 
 
 def test_interrupt_on_a_slow_link_is_prompt(
@@ -875,7 +871,7 @@ def test_interrupt_on_a_slow_link_is_prompt(
             lambda: bool(staged_under(output, "contents/.slow.zim.*.part")), "downloading"
         )
         time.sleep(1)
-        assert_interrupted(running, signal.SIGINT, output, within=5)
+        assert_interrupted(running, signal.SIGINT, output)
 
 
 def test_keep_on_interrupt(served: HttpServer, output: Path, tmp_path: Path) -> None:
@@ -923,7 +919,7 @@ def test_interrupt_while_extracting_a_big_tar(
             lambda: len(staged_under(output, "contents/.site.*.part/pages/*")) >= 3,
             "3 members extracted",
         )
-        assert_interrupted(running, signal.SIGINT, output, within=10)
+        assert_interrupted(running, signal.SIGINT, output)
 
 
 def _slow_resize2fs(folder: Path, marker: Path) -> Path:
@@ -961,7 +957,7 @@ def test_interrupt_while_resizing(
         # mid-way indeed: the partition is attached (and not mounted yet) while resize2fs runs
         assert len(loop_devices_in(output.parent)) == 1
         assert mounts_in(output.parent) == []
-        assert_interrupted(running, signum, output, within=10)
+        assert_interrupted(running, signum, output)
         assert not Path(f"/proc/{resize_pid}").exists()  # resize2fs did not outlive the build
 
 
@@ -983,7 +979,7 @@ def test_interrupt_right_after_resizing_starts(
 
     with RunningBuild([str(config), str(output)]) as running:
         running.wait_for_line("==> Resizing data filesystem")
-        assert_interrupted(running, signal.SIGINT, output, within=10)
+        assert_interrupted(running, signal.SIGINT, output)
 
 
 def test_interrupt_with_a_build_dir_elsewhere(

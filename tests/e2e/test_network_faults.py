@@ -233,7 +233,7 @@ def test_signal_while_a_file_download_is_stalled(
             "the first MiB written",
         )
         time.sleep(0.3)  # blocked in the stall
-        assert_interrupted(running, signum, output, within=30)
+        assert_interrupted(running, signum, output)
     assert_cut(served, "/f.zim")
 
 
@@ -261,7 +261,7 @@ def test_signal_while_the_base_image_download_is_stalled(
             "downloading the base image",
         )
         time.sleep(1.0)  # the first bytes came: blocked in the stall
-        assert_interrupted(running, signum, output, within=30)
+        assert_interrupted(running, signum, output)
     assert_cut(served, path)
 
 
@@ -353,7 +353,7 @@ def test_signal_while_a_registry_layer_is_stalled(
             "pulling the layer (after the check's ranged read)",
         )
         time.sleep(0.5)  # blocked in the stall
-        assert_interrupted(running, signum, output, within=30)
+        assert_interrupted(running, signum, output)
     deadline = time.monotonic() + 10
     while not registry.hangups and time.monotonic() < deadline:
         time.sleep(0.02)
