@@ -202,7 +202,7 @@ def child_baseline_download(url: str, target: str) -> dict[str, Any]:
 def child_ours_tar(archive: str, dest: str) -> dict[str, Any]:
     report: dict[str, Any] = {}
     with _timed(report), Path(archive).open("rb") as file:
-        report["bytes"] = extract_tar_stream(file, Path(dest), compression="gz", max_bytes=None)
+        report["bytes"] = extract_tar_stream(file, Path(dest), compression="gz").bytes_written
     return report
 
 
