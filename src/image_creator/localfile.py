@@ -59,3 +59,13 @@ def read_regular(path: Path, limit: int, *, follow_links: bool = True) -> bytes:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes")
     return data
+
+
+def nearly_full(path: Path, threshold: int) -> bool:
+    """Whether the volume of ``path`` has less than ``threshold`` bytes, or no inode, left
+    (counting what root may use: the build runs as root). Unknown: True."""
+    try:
+        fs = os.statvfs(path)
+    except OSError:
+        return True
+    return fs.f_bfree * fs.f_frsize < threshold or (fs.f_files > 0 and fs.f_ffree == 0)

@@ -8,8 +8,6 @@ and by extracting it to disk.
 from __future__ import annotations
 
 import contextlib
-import io
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +23,7 @@ from docker_export import Image, Platform
 from image_creator.config.loader import parse_config, parse_yaml
 from image_creator.fetch.oci import export_filename
 from image_creator.oci_sizes import ImageSizes, format_entry, human_size, main
+from tests.support.oci_layout import retagged
 from tests.support.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -81,24 +80,6 @@ def entries(stdout: str) -> list[dict[str, Any]]:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def without_repo_tags(source: Path, target: Path) -> Path:
-    """A copy of a docker-load tar whose manifest.json has no RepoTags."""
-    with tarfile.open(source) as tar_in, tarfile.open(target, "w") as tar_out:
-        for member in tar_in.getmembers():
-            handle = tar_in.extractfile(member) if member.isfile() else None
-            if member.name == "manifest.json":
-                assert handle is not None
-                manifest = json.load(handle)
-                for image in manifest:
-                    image["RepoTags"] = None
-                data = json.dumps(manifest).encode()
-                member.size = len(data)
-                tar_out.addfile(member, io.BytesIO(data))
-            else:
-                tar_out.addfile(member, handle)
-    return target
 
 
 def test_format_entry_matches_the_spec_sample() -> None:
@@ -216,7 +197,7 @@ def test_tar_without_repo_tags_is_marked_for_fixing(
     registry_env: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     exported = export_separately(registry_env.ref("test/hello:1.0"), tmp_path / "tagged.tar")
-    tar = without_repo_tags(exported, tmp_path / "hello-arm64_v8.tar")
+    tar = retagged(exported, tmp_path / "hello-arm64_v8.tar", None)
     capsys.readouterr()
 
     assert main([str(tar)]) == 0

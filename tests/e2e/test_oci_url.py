@@ -5,7 +5,6 @@ image by ``manifest.json[0].RepoTags[0]``, and its compose file asks for ``ident
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import sys
 import tarfile
@@ -23,6 +22,7 @@ from image_creator.ui.base import NullReporter
 from tests.support.httpserver import HttpServer
 from tests.support.image_files import BuiltImage
 from tests.support.leaks import assert_no_leaks
+from tests.support.oci_layout import retagged
 from tests.support.registry import Registry
 from tests.support.requirements import require_root, require_tools
 
@@ -48,22 +48,6 @@ def exported(registry_env: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyP
             to=target,
             build_dir=target.parent / "build",
         )
-    return target
-
-
-def retagged(source: Path, target: Path, tags: list[str] | None) -> Path:
-    """A copy of a docker-load tar whose manifest.json says ``RepoTags: tags``."""
-    with tarfile.open(source) as tar_in, tarfile.open(target, "w") as tar_out:
-        for member in tar_in.getmembers():
-            handle = tar_in.extractfile(member) if member.isfile() else None
-            if member.name == "manifest.json":
-                assert handle is not None
-                manifest = json.load(handle)
-                manifest[0]["RepoTags"] = tags
-                data = json.dumps(manifest).encode()
-                member.size = len(data)
-                handle = io.BytesIO(data)
-            tar_out.addfile(member, handle)
     return target
 
 

@@ -206,3 +206,21 @@ def build_layout(
     return OciLayout(
         path=path, tag=tag, index_digest=index_descriptor["digest"], images=tuple(images)
     )
+
+
+def retagged(source: Path, target: Path, tags: list[str] | None) -> Path:
+    """A copy of the docker-load tar ``source`` whose manifest.json says ``RepoTags: tags``
+    (None: no tag at all, as an image saved by its id)."""
+    with tarfile.open(source) as tar_in, tarfile.open(target, "w") as tar_out:
+        for member in tar_in.getmembers():
+            handle = tar_in.extractfile(member) if member.isfile() else None
+            if member.name == "manifest.json":
+                assert handle is not None
+                manifest = json.load(handle)
+                for image in manifest:
+                    image["RepoTags"] = tags
+                data = json.dumps(manifest).encode()
+                member.size = len(data)
+                handle = io.BytesIO(data)
+            tar_out.addfile(member, handle)
+    return target

@@ -14,7 +14,6 @@ naming the entry; junk members (``__MACOSX/``, ``.DS_Store``, ...) are skipped a
 from __future__ import annotations
 
 import errno
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from image_creator.errors import BuildError, os_reason
 from image_creator.fetch.archives import ExtractResult, NoRoomError, extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
 from image_creator.fetch.extractor import free_inodes
+from image_creator.localfile import nearly_full
 from image_creator.steps.placement import (
     CancellableReader,
     Readable,
@@ -100,7 +100,7 @@ def _room_on(root: Path, entry: FileEntry) -> Iterator[None]:
             f"no room on the data partition for {entry.to} ({origin}): {exc.reason}"
         ) from exc
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not _nearly_full(root):
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not nearly_full(root, _NEARLY_FULL):
             raise
         if exc.errno == errno.ENOSPC and free_inodes(root) == 0:
             raise BuildError(
@@ -110,14 +110,6 @@ def _room_on(root: Path, entry: FileEntry) -> Iterator[None]:
         raise BuildError(
             f"no room on the data partition for {entry.to} ({origin}): {os_reason(exc)}"
         ) from exc
-
-
-def _nearly_full(root: Path) -> bool:
-    try:
-        fs = os.statvfs(root)
-    except OSError:
-        return True
-    return fs.f_bfree * fs.f_frsize < _NEARLY_FULL or (fs.f_files > 0 and fs.f_ffree == 0)
 
 
 def _place(

@@ -32,6 +32,7 @@ from image_creator.checks.paths import BUILD_FOLDER_PREFIX, NAME_MAX
 from image_creator.config.units import format_size
 from image_creator.errors import BuildError, HostError, OutputError, os_reason
 from image_creator.options import Options
+from image_creator.system.image import set_length
 from image_creator.system.loop import (
     attached_loop_devices,
     detach_loop_device,
@@ -117,14 +118,7 @@ def probe_size(image: Path, size: int) -> None:
     ``size`` bytes (EFBIG): growing a sparse file there and back costs nothing."""
     with image.open("r+b") as file:
         try:
-            file.truncate(size)
-        except OSError as exc:
-            if exc.errno != errno.EFBIG:
-                raise
-            raise OutputError(
-                f"output.size: {format_size(size)} ({size} bytes) is more than the largest file "
-                f"the filesystem of {image.parent} can hold (File too large)"
-            ) from exc
+            set_length(file, size, image)
         finally:
             file.truncate(0)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 from pathlib import Path
+from typing import BinaryIO
 
+from image_creator.config.units import format_size
 from image_creator.errors import BuildError, OutputError
 from image_creator.system.partitions import (
     DATA_PARTITION_NUMBER,
@@ -39,15 +41,21 @@ def grow_image_file(path: Path, size: int) -> None:
         return
     logger.debug("growing %s from %d to %d bytes", path, current, size)
     with path.open("r+b") as image:
-        try:
-            image.truncate(size)
-        except OSError as exc:
-            if exc.errno != errno.EFBIG:
-                raise
-            raise OutputError(
-                f"output.size: {size} bytes is more than the largest "
-                f"file the filesystem of {path.parent} can hold (File too large)"
-            ) from exc
+        set_length(image, size, path)
+
+
+def set_length(file: BinaryIO, size: int, path: Path) -> None:
+    """Truncate (or extend, sparsely) ``file`` at ``path``; a size over the largest file its
+    filesystem can hold (EFBIG) is output.size's fault."""
+    try:
+        file.truncate(size)
+    except OSError as exc:
+        if exc.errno != errno.EFBIG:
+            raise
+        raise OutputError(
+            f"output.size: {format_size(size)} ({size} bytes) is more than the largest file "
+            f"the filesystem of {path.parent} can hold (File too large)"
+        ) from exc
 
 
 def grow_data_partition(image: Path) -> Partition:

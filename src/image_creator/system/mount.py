@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from image_creator.errors import BuildError, CommandError, os_reason
+from image_creator.localfile import nearly_full
 from image_creator.system.run import run
 from image_creator.system.signals import releasing
 
@@ -65,7 +66,7 @@ def mounted(device: Path, mountpoint: Path, *, label: str | None = None) -> Iter
         try:
             yield mountpoint
         except OSError as exc:
-            if exc.errno in _NO_ROOM and _nearly_full(mountpoint):
+            if exc.errno in _NO_ROOM and nearly_full(mountpoint, _NEARLY_FULL):
                 raise BuildError(f"no room on {name}: {os_reason(exc)}") from exc
             raise
         sync_filesystem(watch, name)
@@ -97,14 +98,6 @@ def sync_filesystem(descriptor: int, name: str) -> None:
             f"write error on {name}: {os.strerror(code)} (data written there was lost)",
             errno_value=code,
         )
-
-
-def _nearly_full(path: Path) -> bool:
-    try:
-        fs = os.statvfs(path)
-    except OSError:
-        return False
-    return fs.f_bavail * fs.f_frsize < _NEARLY_FULL or (fs.f_files > 0 and fs.f_favail == 0)
 
 
 def unmount(
