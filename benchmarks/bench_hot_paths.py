@@ -51,12 +51,12 @@ from typing import Any
 import requests
 
 from image_creator.cache.downloads import Downloads, copy_file
+from image_creator.checks.sources import inspect_base
 from image_creator.config.model import BaseImage, Checksum, ChecksumAlgo
 from image_creator.fetch.archives import extract_tar_stream
 from image_creator.fetch.checksums import HashingReader, new_hasher
 from image_creator.fetch.http import open_stream
-from image_creator.steps.base_image import fetch_base_image
-from image_creator.steps.sources import inspect_base
+from image_creator.steps.fetch_base_image import fetch_base_image
 from image_creator.ui.base import no_progress
 
 MIB = 1024 * 1024

@@ -19,23 +19,15 @@ from image_creator.checks.sizes import (
 from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.errors import BuildError
+from image_creator.placement import placement_rounds, run_concurrently, run_in_rounds
 from image_creator.plan import Built, Plan
 from image_creator.report import sha256_file
-from image_creator.steps.base_image import fetch_base_image
-from image_creator.steps.configs import write_image_config, write_offspot_config
 from image_creator.steps.evict import make_room_in_cache, tidy_cache
-from image_creator.steps.files import place_file
-from image_creator.steps.images import place_image
-from image_creator.steps.output import (
-    build_folder,
-    default_build_dir,
-    disk_faults,
-    ensure_room_to_write,
-    partial_output,
-    probe_size,
-    publish,
-)
-from image_creator.steps.placement import placement_rounds, run_concurrently, run_in_rounds
+from image_creator.steps.fetch_base_image import fetch_base_image
+from image_creator.steps.place_files import place_file
+from image_creator.steps.place_images import place_image
+from image_creator.steps.publish import publish
+from image_creator.steps.write_configs import write_image_config, write_offspot_config
 from image_creator.system.ext4 import (
     check_filesystem,
     ensure_cleanly_unmounted,
@@ -46,6 +38,14 @@ from image_creator.system.loop import attached_partition
 from image_creator.system.mount import mounted
 from image_creator.system.partitions import read_partition_table
 from image_creator.system.signals import mark_published, releasing
+from image_creator.workspace import (
+    build_folder,
+    default_build_dir,
+    disk_faults,
+    ensure_room_to_write,
+    partial_output,
+    probe_size,
+)
 
 BOOT_PARTITION_NUMBER = 1
 

@@ -8,14 +8,111 @@ failed build still says how far it went.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from image_creator.cache.entry import EntryKind
 from image_creator.cache.eviction import Eviction, Incoming
-from image_creator.steps.base_image import FetchedBase
-from image_creator.steps.files import PlacedFile
-from image_creator.steps.images import PlacedImage
-from image_creator.steps.sources import Inventory
+from image_creator.config.model import BaseImage, Checksum, FileEntry, OciImage
+from image_creator.fetch.archives import ExtractResult
+from image_creator.fetch.http import RemoteInfo
+from image_creator.system.partitions import PartitionTable
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    image: BaseImage
+    remote: RemoteInfo
+    table: PartitionTable | None
+    # what the download is verified against: the config's checksum with its digest read once
+    # (even from its URL), or for a release number, the md5 published beside the image
+    checksum: Checksum | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def expected(self) -> str | None:
+        return self.checksum.value if self.checksum is not None else None
+
+    @property
+    def download_size(self) -> int | None:
+        return self.remote.size
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    image: OciImage
+    filesize: int
+    fullsize: int
+    manifest_digest: str | None  # None for images downloaded from a url
+    sizes_from: str  # "config", "registry" or "url"
+    remote: RemoteInfo | None = None  # for images downloaded from a url
+
+
+class SizeFrom(StrEnum):
+    """Where a file entry's planned size comes from."""
+
+    DECLARED = "declared"  # the config's `size` (for an archive: the larger, or the only one)
+    ARCHIVE = "archive"  # read from the archive itself (larger than `size`, or no `size`)
+    BOTH = "both"  # the config's `size` and the archive agree
+    SERVER = "server"  # the size the server announces (for an archive: its own size)
+    CONTENT = "content"  # inline content
+
+
+@dataclass(frozen=True)
+class FileSource:
+    entry: FileEntry
+    remote: RemoteInfo | None  # None for content entries
+    expanded_size: int  # bytes it occupies once written or extracted
+    expected: str | None = None  # the checksum's digest (read once, even from its URL)
+    # filesystem entries (inodes) it creates: 1 for a file; for an archive whose members are
+    # listed (zip), its members, implied folders and the destination folder
+    entries: int = 1
+    size_from: SizeFrom = SizeFrom.SERVER
+    archive_size: int | None = None  # what the archive says it expands to, when it does
+    size_note: str | None = None  # why the archive's expanded size is unknown
+    warnings: tuple[str, ...] = ()  # for the user; the check goes on
+
+    @property
+    def download_size(self) -> int | None:
+        return self.remote.size if self.remote is not None else None
+
+
+@dataclass(frozen=True)
+class Inventory:
+    base: BaseSource
+    images: tuple[ImageSource, ...]
+    files: tuple[FileSource, ...]
+
+
+@dataclass(frozen=True)
+class FetchedBase:
+    image_size: int
+    from_cache: bool
+
+
+@dataclass(frozen=True)
+class PlacedImage:
+    tar_name: str
+    size: int
+    architecture: str
+    from_cache: bool
+
+
+@dataclass(frozen=True)
+class PlacedFile:
+    bytes_written: int
+    from_cache: bool
+    junk_skipped: int = 0  # archive members left out as junk (__MACOSX/, .DS_Store, ...)
+    junk_kinds: tuple[str, ...] = ()  # which junk: "__MACOSX", ".DS_Store", "._*", ...
+
+    @staticmethod
+    def extracted(result: ExtractResult, from_cache: bool) -> PlacedFile:
+        return PlacedFile(
+            result.bytes_written,
+            from_cache,
+            junk_skipped=result.junk_skipped,
+            junk_kinds=result.junk_kinds,
+        )
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,7 @@ from image_creator.checks.sizes import plan_sizes
 from image_creator.cli import main
 from image_creator.config.units import format_size
 from image_creator.demo import DEFAULT_DATA_FILES, BaseImageLayout, make_base_image
-from image_creator.plan import SizePlan
-from image_creator.steps.sources import Inventory
+from image_creator.plan import Inventory, SizePlan
 from image_creator.ui.base import NullReporter, Reporter
 from image_creator.ui.console import ConsoleReporter
 from tests.support.archives import tar_bytes, zip_bytes

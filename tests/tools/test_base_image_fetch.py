@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from image_creator.cache.downloads import Downloads
+from image_creator.checks.sources import inspect_base
 from image_creator.config.model import BaseImage, Checksum, ChecksumAlgo
 from image_creator.demo import make_base_image
 from image_creator.errors import ChecksumMismatchError, SourceError
-from image_creator.steps import base_image
-from image_creator.steps.base_image import fetch_base_image
-from image_creator.steps.sources import inspect_base
+from image_creator.steps import fetch_base_image as base_image
+from image_creator.steps.fetch_base_image import fetch_base_image
 from image_creator.ui.base import no_progress
 from tests.support.requirements import require_tools
 

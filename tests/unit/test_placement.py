@@ -9,7 +9,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from image_creator.errors import BuildError
-from image_creator.steps.placement import (
+from image_creator.placement import (
     destination,
     placement_rounds,
     run_in_rounds,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from image_creator.steps.base_image import HOLE_BLOCK, SparseWriter
+from image_creator.steps.fetch_base_image import HOLE_BLOCK, SparseWriter
 
 
 def pattern(seed: int) -> bytes:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from image_creator.cache.entry import EntryKind
 from image_creator.cache.store import CacheStore, CacheWriter
+from image_creator.config.model import OCI_PLATFORM
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch import http
 from image_creator.fetch.archives import ReadableStream
@@ -189,3 +190,7 @@ def _cancellable_sleep(cancelled: threading.Event | None) -> http.Sleep:
 def copy_file(source: Path, target: Path) -> None:
     """Copy in the kernel (copy_file_range/sendfile) where the platform allows it."""
     shutil.copyfile(source, target)
+
+
+def image_cache_key(ident: str) -> str:
+    return f"{ident}|{OCI_PLATFORM}"

@@ -6,16 +6,14 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from image_creator.cache.downloads import is_cacheable_url, version_of
+from image_creator.cache.downloads import image_cache_key, is_cacheable_url, version_of
 from image_creator.cache.entry import EntryKind
 from image_creator.cache.eviction import describe
 from image_creator.cache.policy import load_policy
 from image_creator.cache.store import CacheStore
 from image_creator.config.units import format_size
 from image_creator.context import Context
-from image_creator.plan import CacheForecast, CacheUse
-from image_creator.steps.images import image_cache_key
-from image_creator.steps.sources import Inventory
+from image_creator.plan import CacheForecast, CacheUse, Inventory
 from image_creator.ui.base import Reporter
 
 

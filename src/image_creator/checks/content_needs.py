@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from image_creator.config.model import Via
-from image_creator.steps.sources import FileSource, ImageSource, Inventory
+from image_creator.plan import FileSource, ImageSource, Inventory
 
 # A directory entry is 8 bytes plus the name rounded up to 4; hashed directories split full
 # blocks in two. 64 bytes a name covers 24-character names in half-full blocks (or 56 in full

@@ -18,12 +18,11 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from image_creator.config.model import Config
+from image_creator.config.units import NAME_MAX
 from image_creator.errors import OutputError
 from image_creator.localfile import describe_mode
 from image_creator.options import Mode, Options
-
-BUILD_FOLDER_PREFIX = ".image-creator-build-"
-NAME_MAX = 255  # bytes in one file name, on ext4 as on most filesystems
+from image_creator.workspace import BUILD_FOLDER_PREFIX
 
 
 def _kind(path: Path) -> str | None:

@@ -22,8 +22,7 @@ from image_creator.config.units import SECTOR_SIZE, format_size, round_up
 from image_creator.context import Context
 from image_creator.errors import BuildError, OutputError, SourceError
 from image_creator.fetch import http
-from image_creator.plan import SizePlan
-from image_creator.steps.sources import BaseSource, Inventory
+from image_creator.plan import BaseSource, Inventory, SizePlan
 from image_creator.system.ext4 import check_filesystem
 from image_creator.system.ext4_geometry import (
     SUPERBLOCK_OFFSET,

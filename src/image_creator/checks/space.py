@@ -8,9 +8,8 @@ from pathlib import Path
 
 from image_creator.config.units import format_size
 from image_creator.options import Options
-from image_creator.plan import CacheForecast, SizePlan
-from image_creator.steps.output import default_build_dir
-from image_creator.steps.sources import Inventory
+from image_creator.plan import CacheForecast, Inventory, SizePlan
+from image_creator.workspace import default_build_dir
 
 
 def space_needs(

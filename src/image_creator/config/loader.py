@@ -34,7 +34,7 @@ from image_creator.config.model import (
     OciImage,
     Via,
 )
-from image_creator.config.units import SECTOR_SIZE, round_up
+from image_creator.config.units import NAME_MAX, SECTOR_SIZE, round_up
 from image_creator.errors import ConfigError, one_line, os_reason
 from image_creator.fetch.checksums import HEX_LENGTHS
 from image_creator.localfile import read_regular
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 REMOTE_SCHEMES = ("http", "https")
 URL_SCHEMES = (*REMOTE_SCHEMES, "file")
-NAME_MAX = 255  # bytes in one file name on ext4
 VERSION_PATTERN = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 
 

@@ -8,6 +8,7 @@ from datetime import timedelta
 import humanfriendly
 
 SECTOR_SIZE = 512
+NAME_MAX = 255  # bytes in one file name, on ext4 as on most filesystems
 # The largest file size a 64-bit offset can express.
 MAX_SIZE = 2**63 - 1
 # humanfriendly reads units by their first letter ("12 parsecs" would be 12 PB): allow only

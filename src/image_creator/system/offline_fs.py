@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TypeVar
 
+from image_creator.config.units import NAME_MAX
 from image_creator.errors import BuildError
 from image_creator.system.ext2fs import (
     ERROR_FS,
@@ -53,7 +54,6 @@ from image_creator.system.signals import releasing
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-NAME_MAX = 255  # bytes in one name
 DEFAULT_SHOWN_AS = PurePosixPath("/data")  # where the device mounts the partition
 FILE_MODE = 0o644
 PERMISSION_BITS = 0o7777

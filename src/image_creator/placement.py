@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
+from image_creator.config.units import NAME_MAX
 from image_creator.errors import BuildError, Interrupted, os_reason
 from image_creator.system.signals import releasing
 
 _T = TypeVar("_T")
-NAME_MAX = 255  # bytes in one file name, on ext4 as on most filesystems
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 

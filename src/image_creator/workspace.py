@@ -1,4 +1,5 @@
-"""The partial image: built next to OUTPUT under a temporary name, renamed only on success.
+"""The build's workspace: the partial image next to OUTPUT (renamed only when complete) and
+the build folder, both released on the run's cleanup stack.
 
 A build holds a lock (flock) on its partial image and on its build folder for as long as
 it runs; the kernel drops both when the process dies, even by SIGKILL. So an unlocked
@@ -28,9 +29,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from image_creator.checks.paths import BUILD_FOLDER_PREFIX, NAME_MAX
-from image_creator.config.units import format_size
+from image_creator.config.units import NAME_MAX, format_size
 from image_creator.errors import BuildError, HostError, OutputError, os_reason
+from image_creator.localfile import nearly_full
 from image_creator.options import Options
 from image_creator.system.image import set_length
 from image_creator.system.loop import (
@@ -53,6 +54,7 @@ PARTIAL_SUFFIX = ".partial"
 KEPT_SUFFIX = ".kept.partial"  # a partial image kept with -K: never taken for a leftover
 _RANDOM = r"[a-z0-9_]{8}"  # what mkstemp and mkdtemp put in a name
 # With less than this free, a failed write to the image is put down to its full volume.
+BUILD_FOLDER_PREFIX = ".image-creator-build-"
 HOST_NEARLY_FULL = 16 * 1024 * 1024
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
@@ -157,7 +159,7 @@ def disk_faults(image: Path) -> Iterator[None]:
         if isinstance(exc, OSError) and exc.errno not in _LOST_WRITE:
             raise
         reason = exc.message if isinstance(exc, BuildError) else os_reason(exc)
-        if _nearly_full(volume):
+        if nearly_full(volume, HOST_NEARLY_FULL):
             raise HostError(
                 f"no space left on {volume} (the volume of OUTPUT): {reason}",
                 hint="free some space there, or build OUTPUT on another volume",
@@ -168,45 +170,6 @@ def disk_faults(image: Path) -> Iterator[None]:
         if isinstance(exc, OSError):
             raise BuildError(f"write error: {exc}") from exc
         raise
-
-
-def _nearly_full(volume: Path) -> bool:
-    try:
-        fs = os.statvfs(volume)
-    except OSError:
-        return False
-    return fs.f_bavail * fs.f_frsize < HOST_NEARLY_FULL
-
-
-def publish(partial: Path, output: Path, *, overwrite: bool) -> None:
-    """Make the finished image visible under its name, atomically.
-
-    Without ``overwrite`` it never replaces anything: the image is hard-linked to its name
-    (which fails if the name exists, even if another build took it since the checks), then
-    the partial name is removed. With ``overwrite`` it replaces a regular file only.
-    """
-    with partial.open("rb+") as image:
-        os.fsync(image.fileno())
-    partial.chmod(0o644)
-    if overwrite:
-        with contextlib.suppress(FileNotFoundError):
-            if not stat.S_ISREG(output.lstat().st_mode):
-                raise OutputError(f"{output}: OUTPUT is no longer a regular file; not replaced")
-        partial.replace(output)
-    else:
-        try:
-            os.link(partial, output, follow_symlinks=False)
-        except FileExistsError:
-            raise OutputError(
-                f"{output}: appeared while the image was built (another build?); not replaced",
-                hint="pass -X/--overwrite to replace it",
-            ) from None
-        partial.unlink()
-    directory = os.open(output.absolute().parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 @contextmanager

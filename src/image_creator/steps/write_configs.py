@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from image_creator.config.model import CONFIG_COPIES, DATA_ROOT
-from image_creator.steps.placement import destination, staged
+from image_creator.placement import destination, staged
 from image_creator.system.fat import write_fat_file
 
 OFFSPOT_CONFIG_NAME = "offspot.yaml"

@@ -17,47 +17,29 @@ import errno
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from image_creator.cache.downloads import Downloads, Fetched, copy_file
 from image_creator.config.model import Checksum, FileEntry, Via
 from image_creator.errors import BuildError, os_reason
-from image_creator.fetch.archives import ExtractResult, NoRoomError, extract_tar_stream, extract_zip
+from image_creator.fetch.archives import NoRoomError, extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
 from image_creator.fetch.extractor import free_inodes
 from image_creator.localfile import nearly_full
-from image_creator.steps.placement import (
+from image_creator.placement import (
     CancellableReader,
     Readable,
     destination,
     staged,
     temporary_sibling,
 )
-from image_creator.steps.sources import FileSource
+from image_creator.plan import FileSource, PlacedFile
 from image_creator.ui.base import Reporter
 
 CHUNK = 1024 * 1024
 # Below this much free space (or with no inode left), an ENOSPC is the data partition's: the
 # same error may come from the cache volume, written to while downloading.
 _NEARLY_FULL = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class PlacedFile:
-    bytes_written: int
-    from_cache: bool
-    junk_skipped: int = 0  # archive members left out as junk (__MACOSX/, .DS_Store, ...)
-    junk_kinds: tuple[str, ...] = ()  # which junk: "__MACOSX", ".DS_Store", "._*", ...
-
-    @staticmethod
-    def extracted(result: ExtractResult, from_cache: bool) -> PlacedFile:
-        return PlacedFile(
-            result.bytes_written,
-            from_cache,
-            junk_skipped=result.junk_skipped,
-            junk_kinds=result.junk_kinds,
-        )
 
 
 def place_file(

@@ -7,14 +7,13 @@ import contextlib
 import lzma
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
 from image_creator.cache.downloads import Downloads
 from image_creator.errors import CommandError, SourceError, tail_lines
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
-from image_creator.steps.sources import BaseSource
+from image_creator.plan import BaseSource, FetchedBase
 from image_creator.system.run import piped, which
 from image_creator.ui.base import ProgressCallback
 
@@ -24,12 +23,6 @@ HOLE_BLOCK = 64 * 1024
 _ZEROS = bytes(HOLE_BLOCK)
 # Bytes a base image may have past its last partition (some tools round images up).
 TRAILING_SLACK = 64 * 2**20
-
-
-@dataclass(frozen=True)
-class FetchedBase:
-    image_size: int
-    from_cache: bool
 
 
 class SparseWriter:

@@ -8,31 +8,18 @@ digest) when the policy allows it.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
-from image_creator.cache.downloads import Downloads, copy_file
-from image_creator.config.model import DATA_ROOT, IMAGES_DIR, OCI_PLATFORM
+from image_creator.cache.downloads import Downloads, copy_file, image_cache_key
+from image_creator.config.model import DATA_ROOT, IMAGES_DIR
 from image_creator.fetch import oci
 from image_creator.fetch.oci import ExportedImage
-from image_creator.steps.placement import CancellableReader, destination, staged
-from image_creator.steps.sources import ImageSource
+from image_creator.placement import CancellableReader, destination, staged
+from image_creator.plan import ImageSource, PlacedImage
 from image_creator.ui.base import Reporter
 
 IMAGES_FOLDER = IMAGES_DIR.relative_to(DATA_ROOT)
 CHUNK = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class PlacedImage:
-    tar_name: str
-    size: int
-    architecture: str
-    from_cache: bool
-
-
-def image_cache_key(ident: str) -> str:
-    return f"{ident}|{OCI_PLATFORM}"
 
 
 def place_image(
