@@ -19,9 +19,9 @@ from image_creator.checks.sizes import (
 from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.errors import BuildError
+from image_creator.fetch.checksums import hash_file
 from image_creator.placement import placement_rounds, run_concurrently, run_in_rounds
 from image_creator.plan import Built, Plan
-from image_creator.report import sha256_file
 from image_creator.steps.evict import make_room_in_cache, tidy_cache
 from image_creator.steps.fetch_base_image import fetch_base_image
 from image_creator.steps.place_files import place_file
@@ -157,7 +157,7 @@ def build(ctx: Context, plan: Plan, built: Built) -> None:
     reporter.info(f"image ready: {options.output} ({format_size(sizes.output)})")
     if options.report is not None:
         with ctx.timeline.step("Computing the image's sha256"):
-            built.output_sha256 = sha256_file(options.output)
+            built.output_sha256 = hash_file(options.output, "sha-256")
     if ctx.cache is not None:
         with ctx.timeline.step("Tidying the cache"):
             tidy_cache(ctx, plan)

@@ -5,7 +5,6 @@ The document's shape is fixed by ``schemas/report.schema.json`` (shipped in the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -164,11 +163,3 @@ def _checksum(declared: bool, done: bool) -> str:
     if not declared:
         return "none"
     return "verified" if done else "pending"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(4 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()

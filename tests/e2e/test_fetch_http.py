@@ -25,13 +25,13 @@ from image_creator.fetch.checksums import (
     verify_digest,
 )
 from image_creator.fetch.http import (
-    download,
     make_session,
     open_stream,
     probe,
     read_range,
     read_text,
 )
+from tests.support.download import download
 from tests.support.httpserver import HttpServer
 
 PAYLOAD = random.Random(42).randbytes(3 * 1024 * 1024 + 12345)

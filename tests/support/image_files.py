@@ -9,9 +9,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_creator.system.fat import read_fat_file
 from image_creator.system.partitions import PartitionTable, read_partition_table
 from image_creator.system.run import run
+from tests.support.fat import read_fat_file
 
 
 @dataclass(frozen=True)

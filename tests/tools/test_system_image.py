@@ -12,7 +12,7 @@ import pytest
 
 from image_creator.errors import BuildError, CommandError, SourceError
 from image_creator.system.ext4 import check_filesystem, filesystem_size
-from image_creator.system.fat import list_fat_dir, read_fat_file, write_fat_file
+from image_creator.system.fat import write_fat_file
 from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.partitions import (
     Partition,
@@ -22,6 +22,7 @@ from image_creator.system.partitions import (
     read_partition_table,
 )
 from image_creator.system.run import run
+from tests.support.fat import list_fat_dir, read_fat_file
 from tests.support.requirements import require_tools
 
 MIB = 1024 * 1024

@@ -66,8 +66,6 @@ STALL_FORGIVEN = 64 * 1024 * 1024
 
 Timeout = float | tuple[float, float]
 Sleep = Callable[[float], None]
-Sink = Callable[[bytes], object]
-
 # statuses worth another try: the server or something in between is having a bad moment
 _RETRYABLE_STATUSES = frozenset(
     {408, 425, 429, 500, 502, 503, 504, 507, 509, 520, 521, 522, 523, 524}
@@ -105,16 +103,6 @@ class RemoteInfo:
     # RFC 3230 instance digest (``SHA-256=...``), as MirrorBrain puts on its redirects to
     # mirrors: it names the content whichever mirror serves it
     digest: str | None = None
-
-
-@dataclass(frozen=True)
-class DownloadResult:
-    url: str  # as asked
-    final_url: str  # after redirects
-    size: int  # bytes delivered to the sink
-    etag: str | None
-    last_modified: datetime | None
-    resumes: int  # how many times the transfer was resumed after a failure
 
 
 # sessions -----------------------------------------------------------------
@@ -1035,45 +1023,3 @@ def open_stream(
         expected=expected,
         expected_size=expected_size,
     )
-
-
-def download(
-    url: str,
-    sink: Sink,
-    *,
-    session: requests.Session | None = None,
-    on_progress: ProgressCallback = no_progress,
-    retries: int = DEFAULT_RETRIES,
-    backoff: float = DEFAULT_BACKOFF,
-    timeout: Timeout = DEFAULT_TIMEOUT,
-    sleep: Sleep = time.sleep,
-    cancelled: threading.Event | None = None,
-    expected: RemoteInfo | None = None,
-    expected_size: int | None = None,
-) -> DownloadResult:
-    """Stream a source into ``sink`` (called with each chunk, in order, each byte once),
-    resuming and checking as ``open_stream`` does. Raises SourceError when the source cannot
-    be fully read.
-    """
-    with open_stream(
-        url,
-        session=session,
-        on_progress=on_progress,
-        retries=retries,
-        backoff=backoff,
-        timeout=timeout,
-        sleep=sleep,
-        cancelled=cancelled,
-        expected=expected,
-        expected_size=expected_size,
-    ) as stream:
-        for chunk in stream.chunks():
-            sink(chunk)
-        return DownloadResult(
-            url=url,
-            final_url=stream.final_url,
-            size=stream.position,
-            etag=stream.etag,
-            last_modified=stream.last_modified,
-            resumes=stream.resumes,
-        )

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 # mtools' sanity checks reject some valid filesystems made by other tools (e.g. a block count
 # that differs from the partition size); the partition table is the authority here.
-_MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
+MTOOLS_ENV = {"MTOOLS_SKIP_CHECK": "1"}
 
 
 def write_fat_file(image: Path, partition_offset: int, name: str, data: bytes) -> None:
@@ -27,44 +27,15 @@ def write_fat_file(image: Path, partition_offset: int, name: str, data: bytes) -
         source.write_bytes(data)
         # -o: overwrite an existing file instead of asking (there is no one to ask)
         run(
-            ["mcopy", "-o", "-i", _drive(image, partition_offset), source, _fat_path(name)],
-            env=_MTOOLS_ENV,
+            ["mcopy", "-o", "-i", drive(image, partition_offset), source, fat_path(name)],
+            env=MTOOLS_ENV,
         )
     logger.debug("wrote %d bytes to %s in %s@%d", len(data), name, image, partition_offset)
 
 
-def read_fat_file(image: Path, partition_offset: int, name: str) -> bytes:
-    """The content of the file ``name``; CommandError if it does not exist."""
-    # mcopy to a file rather than mtype to stdout: content is bytes, run() reads text
-    with tempfile.TemporaryDirectory(prefix="image-creator-fat-") as workdir:
-        target = Path(workdir) / "content"
-        run(
-            ["mcopy", "-i", _drive(image, partition_offset), _fat_path(name), target],
-            env=_MTOOLS_ENV,
-        )
-        return target.read_bytes()
-
-
-def list_fat_dir(image: Path, partition_offset: int, directory: str = "") -> list[str]:
-    """Names in ``directory`` (default: the root), sorted; subdirectories end with ``/``."""
-    result = run(
-        ["mdir", "-b", "-i", _drive(image, partition_offset), _fat_path(directory)],
-        env=_MTOOLS_ENV,
-    )
-    # mdir -b prints one full path per line, "::/overlays/" for a directory
-    names = []
-    for line in result.stdout.splitlines():
-        if not line.strip():
-            continue
-        is_directory = line.endswith("/")
-        name = PurePosixPath(line.removeprefix("::")).name
-        names.append(f"{name}/" if is_directory else name)
-    return sorted(names)
-
-
-def _drive(image: Path, partition_offset: int) -> str:
+def drive(image: Path, partition_offset: int) -> str:
     return f"{image}@@{partition_offset}"
 
 
-def _fat_path(name: str) -> str:
+def fat_path(name: str) -> str:
     return f"::/{str(PurePosixPath('/', name)).lstrip('/')}"
