@@ -12,8 +12,9 @@ import pytest
 
 from image_creator.cache.downloads import Downloads
 from image_creator.checks.sources import inspect_base
-from image_creator.config.model import BaseImage, Checksum, ChecksumAlgo
+from image_creator.config.model import BaseImage, Checksum
 from image_creator.demo import make_base_image
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.steps import fetch_base_image as base_image
 from image_creator.steps.fetch_base_image import fetch_base_image

@@ -15,10 +15,10 @@ from image_creator.cli import parse_options
 from image_creator.config.loader import LoadedConfig, load_config, parse_config, parse_yaml
 from image_creator.config.model import (
     BASE_URL_TEMPLATE_ENV,
-    ChecksumAlgo,
     ChecksumKind,
     Via,
 )
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ConfigError
 
 SPEC_SAMPLE = """\

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from image_creator.config.model import ChecksumAlgo
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.fetch.checksums import (
     HEX_LENGTHS,

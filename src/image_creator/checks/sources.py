@@ -22,7 +22,6 @@ from image_creator.cache.store import CacheStore
 from image_creator.config.model import (
     BaseImage,
     Checksum,
-    ChecksumAlgo,
     ChecksumKind,
     Config,
     FileEntry,
@@ -31,6 +30,7 @@ from image_creator.config.model import (
 )
 from image_creator.config.units import format_size
 from image_creator.context import Context
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import BuildError, SourceError
 from image_creator.fetch import http, oci
 from image_creator.fetch.archive_probe import ArchiveFacts, inspect_archive
@@ -157,9 +157,7 @@ def _base_checksum(base: BaseImage) -> tuple[Checksum | None, tuple[str, ...]]:
         return None, ()
     sidecar = f"{base.url}.md5"
     try:
-        digest = parse_checksum_text(
-            http.read_text(sidecar), algo=ChecksumAlgo.MD5.value, source=sidecar
-        )
+        digest = parse_checksum_text(http.read_text(sidecar), algo=ChecksumAlgo.MD5, source=sidecar)
     except SourceError as exc:
         return None, (f"base {base.version}: no checksum to verify it with ({exc.message})",)
     return Checksum(algo=ChecksumAlgo.MD5, value=digest), ()
@@ -191,7 +189,7 @@ def expected_digest(checksum: Checksum) -> str:
     if checksum.kind is ChecksumKind.DIGEST:
         return checksum.value
     return parse_checksum_text(
-        http.read_text(checksum.value), algo=checksum.algo.value, source=checksum.value
+        http.read_text(checksum.value), algo=checksum.algo, source=checksum.value
     )
 
 

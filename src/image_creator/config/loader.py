@@ -27,7 +27,6 @@ from image_creator.config.model import (
     IMAGES_DIR,
     BaseImage,
     Checksum,
-    ChecksumAlgo,
     ChecksumKind,
     Config,
     FileEntry,
@@ -35,8 +34,8 @@ from image_creator.config.model import (
     Via,
 )
 from image_creator.config.units import NAME_MAX, SECTOR_SIZE, round_up
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ConfigError, one_line, os_reason
-from image_creator.fetch.checksums import HEX_LENGTHS
 from image_creator.localfile import read_regular
 
 logger = logging.getLogger(__name__)
@@ -200,10 +199,10 @@ def _read_checksum(reader: _Reader, path: str, value: Any) -> Checksum | None:
         url = reader.source_url(f"{path}.value", text)
         return None if url is None else Checksum(algo=algo, value=url, kind=kind)
     digest = text.lower()
-    if len(digest) != HEX_LENGTHS[algo.value] or not re.fullmatch(r"[0-9a-f]+", digest):
+    if len(digest) != algo.hex_length or not re.fullmatch(r"[0-9a-f]+", digest):
         reader.problem(
             f"{path}.value",
-            f"not a {algo.value} hex digest ({HEX_LENGTHS[algo.value]} hex digits): {text!r}",
+            f"not a {algo.value} hex digest ({algo.hex_length} hex digits): {text!r}",
         )
         return None
     return Checksum(algo=algo, value=digest, kind=kind)

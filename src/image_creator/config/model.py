@@ -8,6 +8,8 @@ from enum import StrEnum
 from pathlib import PurePosixPath
 from typing import Any
 
+from image_creator.digests import ChecksumAlgo
+
 # Where the data partition is mounted on the running device; every file goes below it.
 DATA_ROOT = PurePosixPath("/data")
 # What the build writes itself on the data partition: no file entry may land there.
@@ -37,16 +39,6 @@ class Via(StrEnum):
     def tar_compression(self) -> str:
         """Compression suffix for tarfile's streaming mode ("" for plain tar)."""
         return {Via.TAR: "", Via.GZTAR: "gz", Via.BZTAR: "bz2", Via.XZTAR: "xz"}[self]
-
-
-class ChecksumAlgo(StrEnum):
-    SHA1 = "sha-1"
-    SHA224 = "sha-224"
-    SHA256 = "sha-256"
-    SHA384 = "sha-384"
-    SHA512 = "sha-512"
-    MD5 = "md5"
-    ADLER32 = "adler32"
 
 
 class ChecksumKind(StrEnum):

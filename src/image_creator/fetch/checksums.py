@@ -1,7 +1,7 @@
 """Digests of downloaded content, by the algorithm names the config uses.
 
-Kept independent of the config model: an algorithm is its config name as a ``str``
-(``config.model.ChecksumAlgo`` values are ``str``), an expected digest is lowercase hex.
+An algorithm is its config name (a ``digests.ChecksumAlgo``, or the same name as a ``str``),
+an expected digest is lowercase hex.
 """
 
 from __future__ import annotations
@@ -13,32 +13,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.ui.base import ProgressCallback, no_progress
 
+ADLER32 = ChecksumAlgo.ADLER32.value
 # config name -> hashlib constructor name
 _HASHLIB_NAMES: Mapping[str, str] = {
-    "sha-1": "sha1",
-    "sha-224": "sha224",
-    "sha-256": "sha256",
-    "sha-384": "sha384",
-    "sha-512": "sha512",
-    "md5": "md5",
+    algo.value: algo.hashlib_name for algo in ChecksumAlgo if algo.hashlib_name is not None
 }
-ADLER32 = "adler32"
-SUPPORTED_ALGOS: frozenset[str] = frozenset((*_HASHLIB_NAMES, ADLER32))
-
+SUPPORTED_ALGOS: frozenset[str] = frozenset(algo.value for algo in ChecksumAlgo)
 # Length of each algorithm's digest, in hex digits.
-HEX_LENGTHS: Mapping[str, int] = {
-    "sha-1": 40,
-    "sha-224": 56,
-    "sha-256": 64,
-    "sha-384": 96,
-    "sha-512": 128,
-    "md5": 32,
-    ADLER32: 8,
-}
-
+HEX_LENGTHS: Mapping[str, int] = {algo.value: algo.hex_length for algo in ChecksumAlgo}
 _CHUNK_SIZE = 1024 * 1024
 _HEX = re.compile(r"[0-9a-f]+")
 # BSD-style tool output: "SHA256 (name) = digest"

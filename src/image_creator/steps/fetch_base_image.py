@@ -82,7 +82,7 @@ def fetch_base_image(
     hashers: list[Hasher] = []
     checksum = source.checksum
     if checksum is not None:
-        hashers.append(new_hasher(checksum.algo.value))
+        hashers.append(new_hasher(checksum.algo))
     # Set on the way out, whatever the way: the download is cut even while xz's feeder
     # thread is blocked reading it (the main thread itself is woken by the signal).
     leaving = threading.Event()
@@ -113,7 +113,7 @@ def fetch_base_image(
             raise SourceError(f"{base.url}: the base image is empty")
         if checksum is not None:
             verify_digest(hashers[0], checksum.value, source=base.url)
-            fetched.verified(checksum.algo.value, checksum.value)
+            fetched.verified(checksum.algo, checksum.value)
         from_cache = fetched.from_cache
     return FetchedBase(image_size=size, from_cache=from_cache)
 

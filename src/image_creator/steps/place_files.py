@@ -127,13 +127,13 @@ def _place(
             return PlacedFile(target.stat().st_size, from_cache=True)
         hashers: list[Hasher] = []
         if entry.checksum is not None:
-            hashers.append(new_hasher(entry.checksum.algo.value))
+            hashers.append(new_hasher(entry.checksum.algo))
         reader = HashingReader(CancellableReader(fetched.stream, cancelled), *hashers)
 
         def verify() -> None:
             if entry.checksum is not None and expected is not None:
                 verify_digest(hashers[0], expected, source=url)
-                fetched.verified(entry.checksum.algo.value, expected)
+                fetched.verified(entry.checksum.algo, expected)
 
         if entry.via is Via.DIRECT:
             with staged(target) as staging:
@@ -183,7 +183,7 @@ def _write_content(entry: FileEntry, content: bytes, target: Path, expected: str
     with staged(target) as staging:
         staging.write_bytes(content)
         if entry.checksum is not None and expected is not None:
-            hasher = new_hasher(entry.checksum.algo.value)
+            hasher = new_hasher(entry.checksum.algo)
             hasher.update(content)
             verify_digest(hasher, expected, source=str(entry.to))
     return len(content)
