@@ -14,10 +14,12 @@ did not change.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -312,3 +314,55 @@ def test_content_cannot_replace_what_the_build_writes(
     assert http_server.requests == ()
     assert not output.exists()
     assert_no_leaks(output)
+
+
+def _links_tar(links: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.addfile(_member("fine.txt", size=5), io.BytesIO(b"fine\n"))
+        for name, target in links.items():
+            tar.addfile(_member(name, link=target))
+    return buffer.getvalue()
+
+
+def _member(name: str, *, size: int = 0, link: str | None = None) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = size, 1_700_000_000
+    if link is not None:
+        info.type, info.linkname = tarfile.SYMTYPE, link
+    return info
+
+
+def test_an_archive_whose_links_lead_out_once_complete_is_refused(
+    tmp_path: Path,
+    output: Path,
+    canary: Canary,
+    http_server: HttpServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`a -> b/..` points inside while `b` is missing; `b -> .` then makes `a` lead out of
+    the destination. Checked against the final tree: refused, nothing published."""
+    layout = make_base_image(tmp_path / "base" / "base.img")
+    url = http_server.add("/links.tar", _links_tar({"a": "b/..", "b": "."}))
+    config = {"base": str(layout.path), "files": [{"url": url, "to": "/data/site", "via": "tar"}]}
+    code, errors = invoke(capsys, write_config(tmp_path, config), output)
+    assert code == 4
+    assert errors == [
+        f"error: {url}: member 'a': symlink target 'b/..' leads outside the destination once "
+        "the whole archive is in"
+    ]
+    canary.assert_unchanged()
+    assert not output.exists()
+    assert_no_leaks(output)
+
+
+def test_a_device_as_the_base_image_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`base: file:///dev/zero` would be copied forever; a FIFO would block the check."""
+    fifo = tmp_path / "base.fifo"
+    os.mkfifo(fifo)
+    for base, kind in (("file:///dev/zero", "a character device"), (fifo.as_uri(), "a FIFO")):
+        code, errors = invoke(capsys, "--check", write_config(tmp_path, {"base": base}))
+        assert code == 4
+        assert errors == [f"error: {base}: cannot read: is {kind}, not a regular file"]
