@@ -7,7 +7,6 @@ write nothing, need no root, and name the culprit of every failure.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import io
@@ -16,7 +15,6 @@ import os
 import random
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tarfile
@@ -44,6 +42,7 @@ from tests.support.httpserver import HttpServer, RequestRecord
 from tests.support.oci_layout import ARM64
 from tests.support.registry import ImageSpec, PushedImage, Registry
 from tests.support.requirements import require_tools
+from tests.support.users import reachable_by_everyone
 
 MIB = 2**20
 FS_BLOCK = 4096
@@ -957,24 +956,6 @@ def world_readable_dir() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def reachable_by_everyone(*paths: Path) -> Iterator[None]:
-    """Let another user reach ``paths``: a checkout in a 0700 folder (``mktemp -d``) would
-    otherwise hide the venv and the sources from ``nobody``. Modes are restored afterwards."""
-    changed: list[tuple[Path, int]] = []
-    try:
-        for path in paths:
-            for folder in (path, *path.parents):
-                mode = folder.stat().st_mode
-                if folder.is_dir() and not mode & stat.S_IXOTH:
-                    changed.append((folder, stat.S_IMODE(mode)))
-                    folder.chmod(stat.S_IMODE(mode) | stat.S_IROTH | stat.S_IXOTH)
-        yield
-    finally:
-        for folder, mode in reversed(changed):
-            folder.chmod(mode)
 
 
 def test_check_works_without_root(served: Served, world_readable_dir: Path) -> None:

@@ -8,13 +8,11 @@ folder ``nobody`` cannot write (test_rootless_build_needs_only_the_image_file).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -38,6 +36,7 @@ from image_creator.system.partitions import Partition, data_partition, read_part
 from image_creator.system.run import run
 from image_creator.system.side_resize import copy_sparse, grow_filesystem_offline
 from tests.support.requirements import require_tools
+from tests.support.users import reachable_by_everyone
 
 MIB = 2**20
 BLOCK = 4096
@@ -499,23 +498,6 @@ def test_a_writer_left_by_an_error_is_marked_not_clean(tmp_path: Path) -> None:
 
 
 NOBODY = ("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups")
-
-
-@contextlib.contextmanager
-def reachable_by_everyone(*paths: Path) -> Iterator[None]:
-    """Let ``nobody`` reach ``paths`` (a venv under /root, 0700); modes restored after."""
-    changed: list[tuple[Path, int]] = []
-    try:
-        for path in paths:
-            for folder in (path, *path.parents):
-                mode = folder.stat().st_mode
-                if folder.is_dir() and not mode & stat.S_IXOTH:
-                    changed.append((folder, stat.S_IMODE(mode)))
-                    folder.chmod(stat.S_IMODE(mode) | stat.S_IROTH | stat.S_IXOTH)
-        yield
-    finally:
-        for folder, mode in reversed(changed):
-            folder.chmod(mode)
 
 
 def _as_nobody(argv: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProcess[str]:
