@@ -16,7 +16,6 @@ import argparse
 import gzip
 import hashlib
 import io
-import json
 import logging
 import sys
 import tarfile
@@ -29,6 +28,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from image_creator.errors import ImageCreatorError
+from image_creator.system.partitions import read_partition_table
 from image_creator.system.run import run
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,6 @@ class PartitionLayout:
     start: int
     size: int
     type_id: str
-    bootable: bool
 
     @property
     def end(self) -> int:
@@ -135,18 +134,13 @@ def _partition_table(boot_mib: int, root_mib: int, data_mib: int) -> str:
 
 
 def read_layout(path: Path) -> BaseImageLayout:
-    """Read an image's partition table back with ``sfdisk --json``."""
-    table = json.loads(run(["sfdisk", "--json", path]).stdout)["partitiontable"]
-    sector_size = int(table.get("sectorsize", SECTOR_SIZE))
+    """Read an image's partition table back (with sfdisk, as a build reads it)."""
+    table = read_partition_table(path)
     partitions = [
         PartitionLayout(
-            number=number,
-            start=int(entry["start"]) * sector_size,
-            size=int(entry["size"]) * sector_size,
-            type_id=str(entry["type"]),
-            bootable=bool(entry.get("bootable", False)),
+            number=part.number, start=part.start_bytes, size=part.size_bytes, type_id=part.type
         )
-        for number, entry in enumerate(table["partitions"], start=1)
+        for part in table.partitions
     ]
     if len(partitions) != 3:
         raise ValueError(f"{path}: expected 3 partitions, found {len(partitions)}")
@@ -154,7 +148,7 @@ def read_layout(path: Path) -> BaseImageLayout:
     return BaseImageLayout(
         path=path,
         size=path.stat().st_size,
-        disk_id=str(table["id"]),
+        disk_id=table.disk_id,
         boot=boot,
         root=root,
         data=data,

@@ -49,11 +49,11 @@ import xxhash
 from image_creator.cache.entry import Entry, EntryKind
 from image_creator.cache.eviction import Eviction, Incoming, plan_evictions
 from image_creator.cache.policy import Policy, ResolvedRule
+from image_creator.config.units import CHUNK
 from image_creator.errors import ConfigError, os_reason
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
 # Metadata is a few hundred bytes; anything much larger is not ours.
 META_LIMIT = 64 * 1024
 Clock = Callable[[], datetime]

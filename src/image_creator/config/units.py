@@ -8,6 +8,8 @@ from datetime import timedelta
 import humanfriendly
 
 SECTOR_SIZE = 512
+# How much is read or written at a time when streaming files and downloads.
+CHUNK = 2**20
 NAME_MAX = 255  # bytes in one file name, on ext4 as on most filesystems
 # The largest file size a 64-bit offset can express.
 MAX_SIZE = 2**63 - 1

@@ -27,8 +27,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
+from image_creator.config.units import CHUNK
 from image_creator.fetch.extractor import (
-    CHUNK_SIZE,
     Extractor,
     ExtractResult,
     NoRoomError,
@@ -174,13 +174,13 @@ def _drain(stream: ReadableStream, raw: ReadableStream, label: str) -> None:
         # finish the compressed stream: this checks its CRC and consumes its trailer
         trailing = 0
         while trailing <= _MAX_TRAILING_BYTES:
-            chunk = stream.read(CHUNK_SIZE)
+            chunk = stream.read(CHUNK)
             if not chunk:
                 break
             trailing += len(chunk)
         if trailing > _MAX_TRAILING_BYTES:
             logger.debug("%s: over %d bytes after the end of the tar", label, _MAX_TRAILING_BYTES)
-    while raw.read(CHUNK_SIZE):
+    while raw.read(CHUNK):
         pass
 
 

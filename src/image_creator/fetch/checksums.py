@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from image_creator.config.units import CHUNK
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.ui.base import ProgressCallback, no_progress
@@ -25,7 +26,6 @@ _HASHLIB_NAMES: Mapping[str, str] = {
 SUPPORTED_ALGOS: frozenset[str] = frozenset(algo.value for algo in ChecksumAlgo)
 # Length of each algorithm's digest, in hex digits.
 HEX_LENGTHS: Mapping[str, int] = {algo.value: algo.hex_length for algo in ChecksumAlgo}
-_CHUNK_SIZE = 1024 * 1024
 _HEX = re.compile(r"[0-9a-f]+")
 # BSD-style tool output: "SHA256 (name) = digest"
 _BSD_LINE = re.compile(r"^[A-Za-z0-9-]+ \(.*\) = ([0-9A-Fa-f]+)$")
@@ -131,7 +131,7 @@ def hash_file(path: Path, algo: str, *, on_progress: ProgressCallback = no_progr
     """The hex digest of a local file (to check a cached or downloaded copy)."""
     hasher = new_hasher(algo)
     with path.open("rb") as file:
-        while chunk := file.read(_CHUNK_SIZE):
+        while chunk := file.read(CHUNK):
             hasher.update(chunk)
             on_progress(len(chunk))
     return hasher.hexdigest()

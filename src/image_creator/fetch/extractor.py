@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TypeVar
 
+from image_creator.config.units import CHUNK
 from image_creator.errors import BuildError, SourceError, os_reason
 from image_creator.ui.base import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 1024 * 1024
 # Errors a decompressor or archive reader raises on corrupt or truncated input.
 _CORRUPT_INPUT_ERRORS = (
     tarfile.TarError,
@@ -247,7 +247,7 @@ class Extractor:
         member_written = 0
         with os.fdopen(fd, "wb") as output:
             while True:
-                chunk = self.read(name, content.read, CHUNK_SIZE)
+                chunk = self.read(name, content.read, CHUNK)
                 if not chunk:
                     break
                 # the recorded size may lie: count what is written, member by member

@@ -42,6 +42,7 @@ from urllib3.util.retry import Retry
 
 from image_creator.__about__ import __version__
 from image_creator.config.model import CONFIG_LIMIT
+from image_creator.config.units import CHUNK
 from image_creator.errors import Interrupted, SourceError, os_reason
 from image_creator.fetch import watch as watching
 from image_creator.fetch.watch import Cut, Watch, WatchedAdapter
@@ -51,7 +52,6 @@ from image_creator.ui.base import ProgressCallback, no_progress
 logger = logging.getLogger(__name__)
 
 USER_AGENT = f"image-creator/{__version__}"
-CHUNK_SIZE = 1024 * 1024
 # (connect, read) seconds; read is the longest silence tolerated between two packets
 DEFAULT_TIMEOUT: tuple[float, float] = (15.0, 60.0)
 DEFAULT_RETRIES = 5
@@ -541,7 +541,7 @@ def _read_exactly(response: requests.Response, length: int, watch: Watch) -> byt
     """Up to ``length`` raw bytes of the body (fewer only at its end)."""
     data = bytearray()
     while len(data) < length:
-        chunk = response.raw.read1(min(CHUNK_SIZE, length - len(data)), decode_content=False)
+        chunk = response.raw.read1(min(CHUNK, length - len(data)), decode_content=False)
         if not chunk:
             break
         watch.received(len(chunk))
@@ -553,7 +553,7 @@ def _skip(response: requests.Response, count: int, watch: Watch) -> int:
     """Read and drop ``count`` raw body bytes; the number actually skipped (less at the end)."""
     skipped = 0
     while skipped < count:
-        chunk = response.raw.read1(min(CHUNK_SIZE, count - skipped), decode_content=False)
+        chunk = response.raw.read1(min(CHUNK, count - skipped), decode_content=False)
         if not chunk:
             break
         watch.received(len(chunk))
@@ -586,7 +586,7 @@ class RemoteStream(io.RawIOBase):
         self._pending = memoryview(b"")
 
     def _next_chunk(self) -> bytes:
-        """The next bytes of the source (up to CHUNK_SIZE), b"" at its end."""
+        """The next bytes of the source (up to CHUNK), b"" at its end."""
         raise NotImplementedError
 
     def _receive(self) -> bytes:
@@ -597,7 +597,7 @@ class RemoteStream(io.RawIOBase):
         return chunk
 
     def chunks(self) -> Iterator[bytes]:
-        """The rest of the source, in chunks of up to CHUNK_SIZE bytes."""
+        """The rest of the source, in chunks of up to CHUNK bytes."""
         if self._pending:
             pending, self._pending = bytes(self._pending), memoryview(b"")
             yield pending
@@ -629,7 +629,7 @@ class _FileStream(RemoteStream):
 
     def _next_chunk(self) -> bytes:
         try:
-            return self._file.read(CHUNK_SIZE)
+            return self._file.read(CHUNK)
         except OSError as exc:
             raise SourceError(f"{self.url}: cannot read: {exc.strerror or exc}") from exc
 
@@ -904,7 +904,7 @@ class _HttpStream(RemoteStream):
             if self._response is None:
                 self._connect()
                 continue
-            wanted = CHUNK_SIZE
+            wanted = CHUNK
             if self._limit is not None:
                 if self.position >= self._limit:
                     self._end_at_limit(self._response)

@@ -39,7 +39,7 @@ import urllib3.exceptions
 from docker_export import Image, Platform
 
 from image_creator.config.model import OCI_PLATFORM
-from image_creator.config.units import round_up
+from image_creator.config.units import CHUNK, round_up
 from image_creator.errors import Interrupted, SourceError
 from image_creator.fetch import watch as watching
 from image_creator.fetch.http import make_session
@@ -60,7 +60,6 @@ MAX_TOKEN_BYTES = 64 * 1024
 # What a layer may inflate to beyond the size its gzip trailer (ISIZE) gives: the size the
 # check planned for. A trailer is exact for the single-member gzip streams registries serve.
 LAYER_SLACK = 1024 * 1024
-_CHUNK = 1024 * 1024
 _SHOWN = 80  # characters of a registry's value quoted in an error
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 # what a broken or cut connection raises, from requests or from urllib3 directly
@@ -361,7 +360,7 @@ class _Registry:
                         f"{self.ident}: HTTP {response.status_code} {response.reason} "
                         f"for {what} ({url})"
                     )
-                while chunk := response.raw.read1(_CHUNK, decode_content=True):
+                while chunk := response.raw.read1(CHUNK, decode_content=True):
                     watch.received(len(chunk))
                     body += chunk
                     if len(body) > limit:
@@ -638,7 +637,7 @@ def _download_layer(
         ):
             # read1: what has arrived, so that the watch sees a slow link's progress; the
             # blob as served (its digest is over these bytes, whatever the encoding says)
-            while chunk := response.raw.read1(_CHUNK, decode_content=False):
+            while chunk := response.raw.read1(CHUNK, decode_content=False):
                 received += len(chunk)
                 watch.received(len(chunk))
                 if received > layer.size:
@@ -673,7 +672,7 @@ def _inflate_layer(
     limit = planned + LAYER_SLACK
     written = 0
     with gzip.open(blob, "rb") as source, target.open("wb") as sink:
-        while chunk := source.read(_CHUNK):
+        while chunk := source.read(CHUNK):
             written += len(chunk)
             if written > limit:
                 raise SourceError(
@@ -772,6 +771,6 @@ def _sha256_member(tar: tarfile.TarFile, name: str) -> str:
     if member is None:
         raise KeyError(name)
     digest = hashlib.sha256()
-    while chunk := member.read(1 << 20):
+    while chunk := member.read(CHUNK):
         digest.update(chunk)
     return f"sha256:{digest.hexdigest()}"

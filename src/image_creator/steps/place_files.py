@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from image_creator.cache.downloads import Downloads, Fetched, copy_file
 from image_creator.config.model import Checksum, FileEntry, Via
+from image_creator.config.units import CHUNK
 from image_creator.errors import BuildError, os_reason
 from image_creator.fetch.archives import NoRoomError, extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
@@ -36,7 +37,6 @@ from image_creator.placement import (
 from image_creator.plan import FileSource, PlacedFile
 from image_creator.ui.base import Reporter
 
-CHUNK = 1024 * 1024
 # Below this much free space (or with no inode left), an ENOSPC is the data partition's: the
 # same error may come from the cache volume, written to while downloading.
 _NEARLY_FULL = 64 * 1024 * 1024

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from image_creator.cache.downloads import Downloads, copy_file, image_cache_key
 from image_creator.config.model import DATA_ROOT, IMAGES_DIR
+from image_creator.config.units import CHUNK
 from image_creator.fetch import oci
 from image_creator.fetch.oci import ExportedImage
 from image_creator.placement import CancellableReader, destination, staged
@@ -19,7 +20,6 @@ from image_creator.plan import ImageSource, PlacedImage
 from image_creator.ui.base import Reporter
 
 IMAGES_FOLDER = IMAGES_DIR.relative_to(DATA_ROOT)
-CHUNK = 1024 * 1024
 
 
 def place_image(

@@ -23,6 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from image_creator.config.units import CHUNK
 from image_creator.errors import BuildError, os_reason
 from image_creator.system.ext4 import check_filesystem, filesystem_size, resize_filesystem
 from image_creator.system.partitions import Partition
@@ -30,9 +31,8 @@ from image_creator.system.run import run
 
 logger = logging.getLogger(__name__)
 
-COPY_CHUNK = 2**20
 ZERO_BLOCK = 4096  # the unit zeros are skipped in (a filesystem block, a page)
-_ZEROS = bytes(COPY_CHUNK)
+_ZEROS = bytes(CHUNK)
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 
@@ -91,8 +91,8 @@ def copy_sparse(
             raise BuildError(f"{target}: shorter than {target_offset + length} bytes")
         position = 0
         for start, end in _data_ranges(reader.fileno(), source_offset, source_offset + length):
-            for chunk_start in range(start, end, COPY_CHUNK):
-                size = min(COPY_CHUNK, end - chunk_start)
+            for chunk_start in range(start, end, CHUNK):
+                size = min(CHUNK, end - chunk_start)
                 chunk = os.pread(reader.fileno(), size, chunk_start)
                 if len(chunk) != size:
                     raise BuildError(f"{source}: short read at byte {chunk_start}")
@@ -139,8 +139,8 @@ def _clear(fd: int, target: Path, target_offset: int, start: int, end: int) -> N
     nothing to do over its holes; its data there is punched out (or overwritten)."""
     for data_start, data_end in _data_ranges(fd, target_offset + start, target_offset + end):
         if not _punch(fd, data_start, data_end - data_start):
-            for offset in range(data_start, data_end, COPY_CHUNK):
-                size = min(COPY_CHUNK, data_end - offset)
+            for offset in range(data_start, data_end, CHUNK):
+                size = min(CHUNK, data_end - offset)
                 _write_all(fd, target, _ZEROS[:size], offset)
 
 
