@@ -38,13 +38,21 @@ class BaseSource:
         return self.remote.size
 
 
+class ImageSizesFrom(StrEnum):
+    """Where an OCI image's planned sizes come from."""
+
+    CONFIG = "config"  # filesize and fullsize given
+    REGISTRY = "registry"  # the verified manifest and each layer's gzip trailer
+    URL = "url"  # the exported tar's own size
+
+
 @dataclass(frozen=True)
 class ImageSource:
     image: OciImage
     filesize: int
     fullsize: int
     manifest_digest: str | None  # None for images downloaded from a url
-    sizes_from: str  # "config", "registry" or "url"
+    sizes_from: ImageSizesFrom
     remote: RemoteInfo | None = None  # for images downloaded from a url
 
 

@@ -36,7 +36,14 @@ from image_creator.fetch import http, oci
 from image_creator.fetch.archive_probe import ArchiveFacts, inspect_archive
 from image_creator.fetch.checksums import parse_checksum_text
 from image_creator.fetch.http import RemoteInfo
-from image_creator.plan import BaseSource, FileSource, ImageSource, Inventory, SizeFrom
+from image_creator.plan import (
+    BaseSource,
+    FileSource,
+    ImageSizesFrom,
+    ImageSource,
+    Inventory,
+    SizeFrom,
+)
 from image_creator.system.partitions import (
     MBR_SECTOR_SIZE,
     PartitionTable,
@@ -205,7 +212,7 @@ def inspect_oci_image(image: OciImage) -> ImageSource:
             filesize=filesize,
             fullsize=image.fullsize or filesize,
             manifest_digest=None,
-            sizes_from="url",
+            sizes_from=ImageSizesFrom.URL,
             remote=remote,
         )
     registry_image = oci.inspect_image(image.ident)
@@ -215,7 +222,7 @@ def inspect_oci_image(image: OciImage) -> ImageSource:
         filesize=image.filesize if image.filesize is not None else registry_image.export_size,
         fullsize=image.fullsize if image.fullsize is not None else registry_image.extracted_size,
         manifest_digest=registry_image.manifest_digest,
-        sizes_from="config" if from_config else "registry",
+        sizes_from=ImageSizesFrom.CONFIG if from_config else ImageSizesFrom.REGISTRY,
     )
 
 
