@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -69,3 +70,21 @@ def nearly_full(path: Path, threshold: int) -> bool:
     except OSError:
         return True
     return fs.f_bfree * fs.f_frsize < threshold or (fs.f_files > 0 and fs.f_ffree == 0)
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """``data`` at ``path`` through a synced temporary file renamed over it: a concurrent
+    reader finds the old file or the whole new one, never half of it."""
+    path = path.absolute()
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    temp = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        temp.chmod(mode)  # mkstemp makes 0600
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -6,8 +6,6 @@ The document's shape is fixed by ``schemas/report.schema.json`` (shipped in the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 from image_creator.__about__ import __version__
 from image_creator.config.model import OCI_PLATFORM
 from image_creator.errors import ImageCreatorError, exit_code_for
+from image_creator.localfile import write_atomically
 from image_creator.options import Mode, Options
 from image_creator.plan import Built, Plan, SizePlan
 from image_creator.timeline import Timeline
@@ -146,16 +145,7 @@ def _output(built: Built) -> dict[str, Any] | None:
 
 def write_report(path: Path, document: dict[str, Any]) -> None:
     """Atomically: a reader never sees half a report."""
-    text = json.dumps(document, indent=2) + "\n"
-    path = path.absolute()
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        Path(name).replace(path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+    write_atomically(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 
 def _checksum(declared: bool, done: bool) -> str:

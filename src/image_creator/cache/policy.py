@@ -10,10 +10,8 @@ inherited: filter, else kind, else main.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
@@ -28,7 +26,7 @@ from image_creator.config.document import DocumentReader, describe, join
 from image_creator.config.loader import parse_yaml
 from image_creator.config.units import UnitError, format_size, parse_duration, parse_size
 from image_creator.errors import ConfigError, os_reason
-from image_creator.localfile import read_regular
+from image_creator.localfile import read_regular, write_atomically
 
 _T = TypeVar("_T")
 _L = TypeVar("_L", int, timedelta)
@@ -374,18 +372,6 @@ def load_policy(cache_dir: Path, *, write_default: bool = True) -> Policy:
 
 
 def _write_default(path: Path) -> None:
-    """Temp file + rename: a concurrent reader sees no policy or the whole default one."""
+    """A concurrent reader sees no policy or the whole default one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    temp = Path(temp_name)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(DEFAULT_POLICY_YAML)
-            stream.flush()
-            os.fsync(stream.fileno())
-        temp.chmod(0o644)  # mkstemp creates 0600; the policy is meant to be read and edited
-        temp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
+    write_atomically(path, DEFAULT_POLICY_YAML.encode("utf-8"))  # 0644: meant to be edited
