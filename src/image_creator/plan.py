@@ -137,11 +137,6 @@ class SizePlan:
     inode_bound: bool = False  # the inode count, not the bytes, set the minimum
     offspot_config_minimum: int | None = None  # offspot-config's figure (base.root_size given)
 
-    @property
-    def added(self) -> int:
-        """Bytes the build adds to the base image file."""
-        return self.output - self.base_image
-
 
 @dataclass(frozen=True)
 class CacheUse:

@@ -70,11 +70,6 @@ def entry_id(kind: EntryKind, key: str) -> str:
     return hashlib.sha256(f"{kind.value}\0{key}".encode()).hexdigest()[:32]
 
 
-def xxh3_file(path: Path) -> str:
-    with path.open("rb") as file:
-        return _xxh3(file)
-
-
 def _xxh3(file: IO[bytes]) -> str:
     digest = xxhash.xxh3_128()
     while chunk := file.read(CHUNK):

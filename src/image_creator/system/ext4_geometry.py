@@ -85,10 +85,6 @@ class Ext4Geometry:
     def groups(self) -> int:
         return _groups(self, self.block_count)
 
-    @property
-    def bytes_per_inode(self) -> int:
-        return self.blocks_per_group * self.block_size // max(self.inodes_per_group, 1)
-
 
 def parse_superblock(raw: bytes) -> Ext4Geometry:
     """The geometry in a 1024-byte ext2/3/4 superblock (little endian, as on disk)."""
