@@ -15,7 +15,7 @@ from image_creator.checks.space import space_needs, space_shortages
 from image_creator.context import Context
 from image_creator.errors import HostError
 from image_creator.options import Mode
-from image_creator.plan import Plan
+from image_creator.plan import CacheForecast, CacheUse, Plan
 
 
 def check(ctx: Context) -> Plan:
@@ -31,14 +31,14 @@ def check(ctx: Context) -> Plan:
         inventory = check_sources(ctx)
     with ctx.timeline.step("Computing sizes"):
         sizes = check_sizes(ctx, inventory)
-    plan = Plan(inventory=inventory, sizes=sizes)
+    uses: tuple[CacheUse, ...] = ()
+    forecast: CacheForecast | None = None
     if ctx.cache is not None:
         with ctx.timeline.step("Cache"):
             uses, forecast = check_cache(ctx, inventory)
-        plan = Plan(inventory=inventory, sizes=sizes, cache_uses=uses, cache=forecast)
     with ctx.timeline.step("Checking free space"):
-        settle(ctx, space_shortages(space_needs(ctx.options, inventory, sizes, plan.cache)))
-    return plan
+        settle(ctx, space_shortages(space_needs(ctx.options, inventory, sizes, forecast)))
+    return Plan(inventory=inventory, sizes=sizes, cache_uses=uses, cache=forecast)
 
 
 def settle(ctx: Context, problems: list[str], *, prefix: str = "", hint: str | None = None) -> None:
