@@ -622,8 +622,9 @@ def test_a_failure_cancels_the_other_downloads(
     """One file fails its checksum while another still downloads slowly: the build stops
     at once instead of waiting for the slow one, and cleans up."""
     slow_url = served.add("/slow.zim", os.urandom(16 * MIB))
-    served.fault("/slow.zim", stall=600, stall_after=1 * MIB)  # would hold it for 10 minutes
+    served.fault("/slow.zim", stall=600)  # would hold it for 10 minutes, from its first byte
     bad_url = served.add("/bad.txt", b"not what was announced\n")
+    served.fault("/bad.txt", slow=20)  # about a second: the slow download has started by then
     config = write_config(
         tmp_path,
         {
@@ -645,7 +646,11 @@ def test_a_failure_cancels_the_other_downloads(
     assert len(outcome.errors) == 1
     assert outcome.errors[0].startswith(f"error: {bad_url}: sha-256 checksum mismatch")
     # the stalled download was cut by the build, not waited for: its server saw it hang up
-    assert served.hangups_for("/slow.zim"), "the stalled download was not cancelled"
+    deadline = time.monotonic() + 10
+    while not served.hangups_for("/slow.zim"):
+        assert time.monotonic() < deadline, "the stalled download was not cancelled"
+        time.sleep(0.02)
+    assert all(hangup.left > 500 for hangup in served.hangups_for("/slow.zim"))
     assert_no_leaks(output)
 
 
