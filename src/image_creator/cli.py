@@ -170,6 +170,10 @@ def main(argv: Sequence[str] | None = None, *, reporter: Reporter | None = None)
     except ImageCreatorError as exc:
         if options.debug:
             logger.exception("failed")
+        if (text := signals.interruption_text()) is not None:
+            # whatever failed, a signal stopped the run (its own exception may have been lost)
+            print(f"error: {text}", file=sys.stderr)
+            return int(ExitCode.INTERRUPTED)
         for line in exc.lines():
             print(f"error: {one_line(line)}", file=sys.stderr)
         if exc.hint:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from image_creator.system import signals
 from image_creator.ui.base import Reporter
 
 
@@ -18,6 +19,7 @@ class Timeline:
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
+        signals.checkpoint()  # a signal whose exception Python dropped still stops the run here
         self.current = title
         started = time.monotonic()
         with self.reporter.step(title):

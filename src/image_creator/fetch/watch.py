@@ -27,6 +27,8 @@ import requests
 import requests.adapters
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from image_creator.system import signals
+
 # A transfer slower than MIN_RATE bytes per second over STALL_WINDOW seconds has stalled.
 MIN_RATE = 1024
 STALL_WINDOW = 30.0
@@ -167,7 +169,7 @@ class Watch:
     @property
     def reason(self) -> Cut | None:
         """Why the transfer was cut, if it was (checked first: the run may be cancelled)."""
-        if self._cancelled is not None and self._cancelled.is_set():
+        if (self._cancelled is not None and self._cancelled.is_set()) or signals.interrupted():
             return Cut.CANCELLED
         if self._ends_at is not None and time.monotonic() >= self._ends_at:
             return Cut.TIMED_OUT

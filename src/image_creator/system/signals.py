@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 from image_creator.errors import Interrupted
 
@@ -28,6 +29,7 @@ class _Shield:
     depth: int = 0
     pending: int | None = None
     published: bool = False  # the image is at OUTPUT: the build succeeded, whatever comes
+    received: int | None = None  # the first signal of the run, even one whose raise was lost
     told: bool = False  # AfterPublish was raised once already
 
 
@@ -55,6 +57,8 @@ def interruption(signum: int) -> BaseException | None:
 
 
 def _handle(signum: int, _frame: FrameType | None) -> None:
+    if _shield.received is None:
+        _shield.received = signum
     if _shield.depth:
         _shield.pending = signum
         logger.warning("%s received: finishing the clean-up first", signal.Signals(signum).name)
@@ -62,6 +66,44 @@ def _handle(signum: int, _frame: FrameType | None) -> None:
     exc = interruption(signum)
     if exc is not None:
         raise exc
+
+
+def interrupted() -> bool:
+    """Whether a signal asked the run to stop (before the image was published).
+
+    The exception a handler raises can be lost: Python prints and drops one raised inside a
+    weakref callback or a finalizer (an import's module lock, a garbage-collected object).
+    Whatever waits on the network asks this too (fetch/watch.py), so such a run still stops
+    within a moment, as interrupted.
+    """
+    return _shield.received is not None and not _shield.published
+
+
+def checkpoint() -> None:
+    """Raise the run's interruption if a signal came and its exception was lost."""
+    if interrupted() and _shield.received is not None and not _shield.depth:
+        exc = interruption(_shield.received)
+        if exc is not None:
+            raise exc
+
+
+def interruption_text() -> str | None:
+    """The line to print, like "interrupted by SIGTERM", when ``interrupted``; else None."""
+    if not interrupted() or _shield.received is None:
+        return None
+    return f"interrupted by {signal.Signals(_shield.received).name}"
+
+
+def _unraisable(hook: Callable[[Any], object]) -> Callable[[Any], object]:
+    """sys.unraisablehook, quiet about our own interruptions (``interrupted`` remembers them)."""
+
+    def quiet(unraisable: Any) -> object:
+        if isinstance(unraisable.exc_value, (KeyboardInterrupt, Interrupted, AfterPublish)):
+            logger.debug("a signal's exception was raised where Python drops it")
+            return None
+        return hook(unraisable)
+
+    return quiet
 
 
 def mark_published() -> None:
@@ -76,13 +118,18 @@ def install() -> Callable[[], None]:
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    if _shield.depth == 0:  # a new run (tests run several in one process)
+    # a new run (tests run several in one process), unless the entry point set them already
+    if _shield.depth == 0 and signal.getsignal(signal.SIGTERM) is not _handle:
         _shield.pending, _shield.published, _shield.told = None, False, False
+        _shield.received = None
     previous = {signum: signal.signal(signum, _handle) for signum in HANDLED}
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable(previous_hook)
 
     def restore() -> None:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        sys.unraisablehook = previous_hook
 
     return restore
 
