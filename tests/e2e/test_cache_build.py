@@ -114,7 +114,7 @@ def test_second_build_downloads_nothing(
     }
     assert entries[image_ref].kind is EntryKind.OCI_IMAGES
     zim_entry = entries[served.url("/zim/wiki_2024-01.zim")]
-    assert (cache / "entries" / zim_entry.ident).read_bytes() == ZIM
+    assert (cache / "entries" / zim_entry.entry_id).read_bytes() == ZIM
     assert zim_entry.digests == {"sha-256": hashlib.sha256(ZIM).hexdigest()}
     assert list((cache / "tmp").iterdir()) == []
 
@@ -135,7 +135,7 @@ def test_corrupt_entry_is_downloaded_again(served: HttpServer, tmp_path: Path) -
     store = CacheStore(cache, load_policy(cache))
     zim = store.lookup(EntryKind.FILES, served.url("/zim/wiki_2024-01.zim"))
     assert zim is not None
-    content = cache / "entries" / zim.ident
+    content = cache / "entries" / zim.entry_id
     damaged = bytearray(content.read_bytes())
     damaged[100] ^= 0xFF
     content.write_bytes(bytes(damaged))
@@ -219,7 +219,7 @@ def test_four_concurrent_builds_share_one_cache(
     assert len(entries) == 5
     assert {entry.use_count for entry in entries} == {4}
     for entry in entries:
-        content = cache / "entries" / entry.ident
+        content = cache / "entries" / entry.entry_id
         assert content.stat().st_size == entry.size
     assert list((cache / "tmp").iterdir()) == []
     digests = [

@@ -20,7 +20,7 @@ import xxhash
 import yaml
 
 from image_creator.cache.entry import EntryKind
-from image_creator.cache.store import entry_id
+from image_creator.cache.folder import id_for
 from image_creator.cli import main
 from image_creator.demo import make_base_image
 from image_creator.errors import ExitCode
@@ -80,7 +80,7 @@ class Setup:
         self.base = server.url("/base.img.xz")
 
     def content(self, url: str) -> Path:
-        return self.cache / "entries" / entry_id(EntryKind.FILES, url)
+        return self.cache / "entries" / id_for(EntryKind.FILES, url)
 
     def meta(self, url: str) -> Path:
         return self.content(url).with_name(f"{self.content(url).name}.json")

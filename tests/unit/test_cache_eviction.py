@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from image_creator.cache.entry import Entry, EntryKind
+from image_creator.cache.entry import CacheEntry, EntryKind
 from image_creator.cache.eviction import (
     Eviction,
     EvictionReason,
@@ -33,14 +33,14 @@ def make_entry(
     added: int = 10,
     used: int | None = None,
     platform: str = "linux/arm64",
-) -> Entry:
+) -> CacheEntry:
     """An entry added ``added`` days before NOW and last used ``used`` days before NOW."""
     added_at = NOW - timedelta(days=added)
-    return Entry(
+    return CacheEntry(
         kind=kind,
         source=source,
         key=source if kind is FILES else f"{source}|{platform}",
-        ident=f"id-{abs(hash((source, platform)))}",
+        entry_id=f"id-{abs(hash((source, platform)))}",
         size=size,
         added=added_at,
         last_used=NOW - timedelta(days=added if used is None else used),
@@ -52,7 +52,7 @@ def make_entry(
 
 
 def plan(
-    entries: Sequence[Entry],
+    entries: Sequence[CacheEntry],
     policy: Policy | str,
     *,
     incoming: Sequence[Incoming] = (),
@@ -63,7 +63,7 @@ def plan(
     return plan_evictions(entries, policy, now=NOW, incoming=incoming, protected=protected)
 
 
-def remaining(entries: Sequence[Entry], evictions: Sequence[Eviction]) -> list[str]:
+def remaining(entries: Sequence[CacheEntry], evictions: Sequence[Eviction]) -> list[str]:
     gone = {id(eviction.entry) for eviction in evictions}
     return [entry.source for entry in entries if id(entry) not in gone]
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from image_creator.cache.entry import Entry, EntryKind
+from image_creator.cache.entry import CacheEntry, EntryKind
+from image_creator.cache.folder import id_for
 from image_creator.cache.policy import default_policy, load_policy
-from image_creator.cache.store import CacheStore, entry_id
+from image_creator.cache.store import CacheStore
 from image_creator.errors import ConfigError
 
 URL = "http://example.org/file.bin"
@@ -30,17 +31,17 @@ def fill(store: CacheStore, content: bytes) -> None:
 def test_metadata_types_are_exact(tmp_path: Path, change: dict[str, object]) -> None:
     store = CacheStore(tmp_path, default_policy())
     fill(store, b"content")
-    meta = tmp_path / "entries" / f"{entry_id(EntryKind.FILES, URL)}.json"
+    meta = tmp_path / "entries" / f"{id_for(EntryKind.FILES, URL)}.json"
     document = {**json.loads(meta.read_text()), **change}
     with pytest.raises(ValueError):
-        Entry.from_json(json.dumps(document))
+        CacheEntry.from_json(json.dumps(document))
 
 
 def test_lookup_refuses_metadata_naming_another_place(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     fill(CacheStore(tmp_path, default_policy()), b"content")
-    meta = tmp_path / "entries" / f"{entry_id(EntryKind.FILES, URL)}.json"
+    meta = tmp_path / "entries" / f"{id_for(EntryKind.FILES, URL)}.json"
     document = json.loads(meta.read_text())
     meta.write_text(json.dumps({**document, "ident": "/etc/passwd"}))
     looking = CacheStore(tmp_path, default_policy(), read_only=True)

@@ -22,13 +22,14 @@ class EntryKind(StrEnum):
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One complete cache entry."""
+class CacheEntry:
+    """One complete cache entry (not a config's file entry: that is config.model.FileEntry)."""
 
     kind: EntryKind
     source: str  # the URL, or the image reference (what policy patterns match)
     key: str  # unique key: the URL, or "reference|platform"
-    ident: str  # the entry's id (a hash of kind and key): checked against its file names
+    # the entry's id (a hash of kind and key; "ident" in the JSON): its names in the folder
+    entry_id: str
     size: int
     added: datetime
     last_used: datetime
@@ -40,7 +41,7 @@ class Entry:
     # proof, since whoever writes the metadata can write these too
     digests: dict[str, str] = field(default_factory=dict)
 
-    def used(self, now: datetime) -> Entry:
+    def used(self, now: datetime) -> CacheEntry:
         return replace(self, last_used=now, use_count=self.use_count + 1)
 
     def to_json(self) -> str:
@@ -48,10 +49,11 @@ class Entry:
         for name in ("added", "last_used", "checked"):
             document[name] = getattr(self, name).isoformat()
         document["kind"] = self.kind.value
+        document["ident"] = document.pop("entry_id")  # the name written by earlier versions
         return json.dumps(document, indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> Entry:
+    def from_json(cls, text: str) -> CacheEntry:
         """Raises ValueError naming the first field that is missing or of the wrong type."""
         document = json.loads(text)
         if not isinstance(document, dict):
@@ -73,7 +75,7 @@ class Entry:
             kind=kind,
             source=_field(document, "source", str),
             key=_field(document, "key", str),
-            ident=_field(document, "ident", str),
+            entry_id=_field(document, "ident", str),
             size=size,
             added=_datetime(document, "added"),
             last_used=_datetime(document, "last_used"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from image_creator.cache.entry import Entry, EntryKind
+from image_creator.cache.entry import CacheEntry, EntryKind
 from image_creator.cache.policy import (
     EvictionStrategy,
     Policy,
@@ -52,7 +52,7 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Eviction:
-    entry: Entry
+    entry: CacheEntry
     reason: EvictionReason
     detail: str = ""  # the limit or filter behind the reason, for people
 
@@ -68,12 +68,12 @@ class _Member:
     added: datetime
     last_used: datetime
     rule: ResolvedRule
-    entry: Entry | None  # None: incoming
+    entry: CacheEntry | None  # None: incoming
     evictable: bool
 
 
 def plan_evictions(
-    entries: Sequence[Entry],
+    entries: Sequence[CacheEntry],
     policy: Policy,
     *,
     now: datetime,
@@ -90,7 +90,7 @@ def plan_evictions(
     """
     incoming_keys = {item.key for item in incoming}
     protected_keys = set(protected)
-    evicted: dict[int, Eviction] = {}  # by id() of the Entry
+    evicted: dict[int, Eviction] = {}  # by id() of the CacheEntry
 
     members = [
         _Member(
