@@ -20,7 +20,8 @@ import pytest
 import yaml
 from docker_export import Image, Platform
 
-from image_creator.config.loader import parse_config, parse_yaml
+from image_creator.config.document import parse_yaml
+from image_creator.config.loader import parse_config
 from image_creator.fetch.oci import export_filename
 from image_creator.oci_sizes import ImageSizes, format_entry, human_size, main
 from tests.support.oci_layout import retagged

@@ -12,7 +12,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from image_creator.cli import parse_options
-from image_creator.config.loader import LoadedConfig, load_config, parse_config, parse_yaml
+from image_creator.config.document import parse_yaml
+from image_creator.config.loader import LoadedConfig, load_config, parse_config
 from image_creator.config.model import (
     BASE_URL_TEMPLATE_ENV,
     ChecksumKind,

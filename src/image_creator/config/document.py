@@ -1,8 +1,9 @@
 """Reading a YAML document strictly: the walk collects every problem, each with its key path
 (``config.yaml: files[3].to: must be inside /data``), and reports them all at once.
 
-The config and the cache policy are both read with it; each says what an unknown key is
-(a warning with a suggestion in a config, an error in a policy).
+``parse_yaml`` turns the text into Python values (no duplicate key, one-line errors with a
+line and column). The config and the cache policy are both read with it; each says what an
+unknown key is (a warning with a suggestion in a config, an error in a policy).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, TypeVar
 
+import yaml
+
 from image_creator.config.units import UnitError, parse_size
-from image_creator.errors import one_line
+from image_creator.errors import ConfigError, one_line
 
 _E = TypeVar("_E", bound=Enum)
 
@@ -99,3 +102,57 @@ class DocumentReader:
             allowed = ", ".join(str(member.value) for member in enum)
             self.problem(path, f"unknown {what} {value!r}; expected one of: {allowed}")
             return None
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key given twice in one mapping."""
+
+
+def _construct_mapping_no_duplicates(
+    loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
+    """A mapping whose own keys are distinct and hashable. Merge keys (``<<: *defaults``, as
+    compose files use them) are standard YAML: what they bring may be overridden."""
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == MERGE_TAG:
+            continue
+        key = loader.construct_object(key_node, deep=deep)
+        problem = None
+        try:
+            if key in seen:
+                problem = f"duplicate key {key!r}"
+        except TypeError:
+            problem = f"a {type(key).__name__} cannot be a key"
+        if problem is not None:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, problem, key_node.start_mark
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping_no_duplicates,
+)
+
+
+def parse_yaml(text: str, label: str) -> Any:
+    """The YAML document; a syntax error or duplicate key becomes a one-line ConfigError."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark else label
+        raise ConfigError([f"{where}: invalid YAML: {exc.problem}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{label}: invalid YAML: {one_line(str(exc))}"]) from exc
+    except RecursionError as exc:
+        raise ConfigError([f"{label}: invalid YAML: nested too deeply"]) from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors: an int of over 4300 digits, a bad !!timestamp, !!binary...
+        raise ConfigError([f"{label}: invalid YAML: {one_line(str(exc))}"]) from exc
