@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from image_creator.errors import ImageCreatorError
-from image_creator.system.partitions import read_partition_table
+from image_creator.system.partitions import Partition, read_partition_table
 from image_creator.system.run import run
 
 logger = logging.getLogger(__name__)
@@ -70,34 +70,19 @@ DEFAULT_DATA_FILES: Mapping[str, bytes] = {
 
 
 @dataclass(frozen=True)
-class PartitionLayout:
-    """One partition of the image, in bytes from the start of the image file."""
-
-    number: int
-    start: int
-    size: int
-    type_id: str
-
-    @property
-    def end(self) -> int:
-        """First byte after the partition."""
-        return self.start + self.size
-
-
-@dataclass(frozen=True)
 class BaseImageLayout:
     """What :func:`make_base_image` wrote, as read back from the partition table."""
 
     path: Path
     size: int
     disk_id: str  # as sfdisk prints it: "0x6f66660a"
-    boot: PartitionLayout
-    root: PartitionLayout
-    data: PartitionLayout
+    boot: Partition
+    root: Partition
+    data: Partition
     xz_path: Path | None = None
 
     @property
-    def partitions(self) -> tuple[PartitionLayout, PartitionLayout, PartitionLayout]:
+    def partitions(self) -> tuple[Partition, Partition, Partition]:
         return (self.boot, self.root, self.data)
 
 
@@ -136,12 +121,7 @@ def _partition_table(boot_mib: int, root_mib: int, data_mib: int) -> str:
 def read_layout(path: Path) -> BaseImageLayout:
     """Read an image's partition table back (with sfdisk, as a build reads it)."""
     table = read_partition_table(path)
-    partitions = [
-        PartitionLayout(
-            number=part.number, start=part.start_bytes, size=part.size_bytes, type_id=part.type
-        )
-        for part in table.partitions
-    ]
+    partitions = list(table.partitions)
     if len(partitions) != 3:
         raise ValueError(f"{path}: expected 3 partitions, found {len(partitions)}")
     boot, root, data = partitions
@@ -155,7 +135,7 @@ def read_layout(path: Path) -> BaseImageLayout:
     )
 
 
-def _make_boot_filesystem(image: Path, partition: PartitionLayout, tree: Path) -> None:
+def _make_boot_filesystem(image: Path, partition: Partition, tree: Path) -> None:
     run(
         [
             "mkfs.vfat",
@@ -165,20 +145,20 @@ def _make_boot_filesystem(image: Path, partition: PartitionLayout, tree: Path) -
             "BOOT",
             "-i",
             BOOT_VOLUME_ID,
-            f"--offset={partition.start // SECTOR_SIZE}",
+            f"--offset={partition.start_bytes // SECTOR_SIZE}",
             image,
-            str(partition.size // 1024),
+            str(partition.size_bytes // 1024),
         ]
     )
     entries = sorted(tree.iterdir())
     if entries:
         # -s: recurse into folders; -Q: stop at the first error instead of going on
-        run(["mcopy", "-s", "-Q", "-i", f"{image}@@{partition.start}", *entries, "::/"])
+        run(["mcopy", "-s", "-Q", "-i", f"{image}@@{partition.start_bytes}", *entries, "::/"])
 
 
 def _make_ext4_filesystem(
     image: Path,
-    partition: PartitionLayout,
+    partition: Partition,
     tree: Path,
     label: str,
     *,
@@ -198,11 +178,11 @@ def _make_ext4_filesystem(
             "-L",
             label,
             "-E",
-            f"offset={partition.start},nodiscard,root_owner=0:0",
+            f"offset={partition.start_bytes},nodiscard,root_owner=0:0",
             "-d",
             tree,
             image,
-            f"{partition.size // 1024}k",
+            f"{partition.size_bytes // 1024}k",
         ]
     )
 
@@ -325,7 +305,7 @@ def write_demo(outdir: Path) -> Path:
 
     config = {
         # local sources both ways: plain paths (base, tarball) and file:// URLs
-        "base": {"source": str(base_xz), "root_size": layout.root.size},
+        "base": {"source": str(base_xz), "root_size": layout.root.size_bytes},
         "files": [
             {
                 "url": text.as_uri(),

@@ -339,8 +339,8 @@ def test_check_valid_config_reports_sources_and_sizes_and_touches_nothing(
 
     # the image size: read from the base image's partition table, auto-aligned
     [plan] = planned.plans
-    assert plan.before_data == layout.data.start
-    assert plan.existing_data == layout.data.size
+    assert plan.before_data == layout.data.start_bytes
+    assert plan.existing_data == layout.data.size_bytes
     assert plan.base_image == layout.size
     expected_content = (
         -(-len(DIRECT_FILE) // FS_BLOCK) * FS_BLOCK
@@ -354,7 +354,7 @@ def test_check_valid_config_reports_sources_and_sizes_and_touches_nothing(
     assert plan.content == expected_content
     assert plan.output == plan.minimum
     assert plan.output >= layout.size
-    assert plan.output >= layout.data.end + expected_content
+    assert plan.output >= layout.data.end_bytes + expected_content
     assert plan.output % AUTO_ALIGNMENT == 0
     [size_line] = [line for line in printed if line.startswith("    image size: ")]
     assert f"({plan.output} bytes, auto)" in size_line
@@ -810,14 +810,14 @@ def test_raw_base_image_is_sized_from_its_first_sector(
     [plan] = planned.plans
     layout = served.base.layout
     assert (plan.before_data, plan.existing_data, plan.base_image) == (
-        layout.data.start,
-        layout.data.size,
+        layout.data.start_bytes,
+        layout.data.size_bytes,
         layout.size,
     )
     assert plan.output % AUTO_ALIGNMENT == 0
     assert plan.output >= layout.size
     # the partition table, then the data filesystem's superblock (the base is not compressed)
-    superblock = layout.data.start + 1024
+    superblock = layout.data.start_bytes + 1024
     reads = served.server.content_gets("/base/offspot-base.img")
     assert [(read.range, read.status, read.body_length) for read in reads] == [
         ("bytes=0-511", 206, 512),

@@ -65,7 +65,7 @@ def base_image(tmp_path_factory: pytest.TempPathFactory) -> BaseImage:
     assert layout.xz_path is not None
     xz = layout.xz_path.read_bytes()
     assert lzma.decompress(xz) == path.read_bytes()
-    return BaseImage(xz=xz, rootfs_size=layout.data.start)
+    return BaseImage(xz=xz, rootfs_size=layout.data.start_bytes)
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def hostile_base(folder: Path, links: dict[str, str]) -> BaseImageLayout:
     """A base image whose data partition holds the symbolic links ``links`` (name -> target),
     written with debugfs, as a hostile base image would carry them."""
     layout = make_base_image(folder / "base.img", data_files={})
-    device = f"{layout.path}?offset={layout.data.start}"
+    device = f"{layout.path}?offset={layout.data.start_bytes}"
     for name, target in links.items():
         run(["debugfs", "-w", "-R", f"symlink {name} {target}", device])
     listing = run(["debugfs", "-R", "ls -l /", device]).stdout

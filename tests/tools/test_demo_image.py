@@ -75,20 +75,20 @@ def test_partition_table(base_image: BaseImageLayout) -> None:
         (2048 + 112 * 2048, 16 * 2048, "83", False),
     ]
     assert base_image.size == base_image.path.stat().st_size == 129 * MIB
-    assert base_image.data.end == base_image.size
-    assert [p.start for p in base_image.partitions] == [1 * MIB, 65 * MIB, 113 * MIB]
-    assert all(p.start % MIB == 0 and p.size % MIB == 0 for p in base_image.partitions)
+    assert base_image.data.end_bytes == base_image.size
+    assert [p.start_bytes for p in base_image.partitions] == [1 * MIB, 65 * MIB, 113 * MIB]
+    assert all(p.start_bytes % MIB == 0 and p.size_bytes % MIB == 0 for p in base_image.partitions)
     assert read_layout(base_image.path).partitions == base_image.partitions
 
 
 def test_boot_partition_is_fat32_with_defaults(base_image: BaseImageLayout, tmp_path: Path) -> None:
     with base_image.path.open("rb") as image:
-        image.seek(base_image.boot.start)
-        boot = image.read(base_image.boot.size)
+        image.seek(base_image.boot.start_bytes)
+        boot = image.read(base_image.boot.size_bytes)
     assert boot[82:90] == b"FAT32   "  # the FAT32 boot sector's file system type
     assert boot[510:512] == b"\x55\xaa"
     for name, content in DEFAULT_BOOT_FILES.items():
-        assert fat_cat(base_image.path, base_image.boot.start, name) == content
+        assert fat_cat(base_image.path, base_image.boot.start_bytes, name) == content
     assert b"root=PARTUUID=6f66660a-02 " in DEFAULT_BOOT_FILES["cmdline.txt"]
     # fsck.fat takes no offset: check a copy of the partition
     require_tools("fsck.fat")
@@ -99,12 +99,14 @@ def test_boot_partition_is_fat32_with_defaults(base_image: BaseImageLayout, tmp_
 
 def test_root_and_data_are_clean_ext4(base_image: BaseImageLayout) -> None:
     for partition in (base_image.root, base_image.data):
-        run(["e2fsck", "-fn", f"{base_image.path}?offset={partition.start}"])
+        run(["e2fsck", "-fn", f"{base_image.path}?offset={partition.start_bytes}"])
     for name, content in DEFAULT_ROOT_FILES.items():
-        assert ext4_cat(base_image.path, base_image.root.start, f"/{name}") == content
-    readme = ext4_cat(base_image.path, base_image.data.start, "/contents/readme.txt")
+        assert ext4_cat(base_image.path, base_image.root.start_bytes, f"/{name}") == content
+    readme = ext4_cat(base_image.path, base_image.data.start_bytes, "/contents/readme.txt")
     assert readme == DEFAULT_DATA_FILES["contents/readme.txt"]
-    stats = run(["dumpe2fs", "-h", f"{base_image.path}?offset={base_image.data.start}"]).stdout
+    stats = run(
+        ["dumpe2fs", "-h", f"{base_image.path}?offset={base_image.data.start_bytes}"]
+    ).stdout
     assert "Filesystem volume name:   data" in stats
     assert "Block size:               4096" in stats
     assert "Block count:              4096" in stats  # 16 MiB: the filesystem fills it
@@ -140,13 +142,16 @@ def test_custom_files_and_sizes(tmp_path: Path) -> None:
     )
     assert layout.xz_path is None
     assert not (tmp_path / "custom.img.xz").exists()
-    assert [p.size for p in layout.partitions] == [40 * MIB, 24 * MIB, 8 * MIB]
+    assert [p.size_bytes for p in layout.partitions] == [40 * MIB, 24 * MIB, 8 * MIB]
     assert layout.size == 73 * MIB
-    assert fat_cat(layout.path, layout.boot.start, "overlays/demo.dtbo") == b"\x00dtbo"
-    assert fat_cat(layout.path, layout.boot.start, "config.txt") == DEFAULT_BOOT_FILES["config.txt"]
-    assert ext4_cat(layout.path, layout.root.start, "/etc/hostname") == b"custom\n"
-    assert ext4_cat(layout.path, layout.data.start, "/contents/zims/a.zim") == b"ZIM"
-    assert ext4_cat(layout.path, layout.data.start, "/conf/keep.txt") == b"keep me\n"
+    assert fat_cat(layout.path, layout.boot.start_bytes, "overlays/demo.dtbo") == b"\x00dtbo"
+    assert (
+        fat_cat(layout.path, layout.boot.start_bytes, "config.txt")
+        == DEFAULT_BOOT_FILES["config.txt"]
+    )
+    assert ext4_cat(layout.path, layout.root.start_bytes, "/etc/hostname") == b"custom\n"
+    assert ext4_cat(layout.path, layout.data.start_bytes, "/contents/zims/a.zim") == b"ZIM"
+    assert ext4_cat(layout.path, layout.data.start_bytes, "/conf/keep.txt") == b"keep me\n"
 
 
 @pytest.mark.parametrize("name", ["/etc/passwd", "../escape", "a/../../b"])
@@ -201,7 +206,9 @@ def test_demo_main_writes_a_local_config(demo_dir: Path) -> None:
     base = _local_path(config["base"]["source"])
     assert base == outdir / "base.img.xz"
     assert base.is_file()
-    assert config["base"]["root_size"] == read_layout(outdir / "base.img").root.size == 48 * MIB
+    assert (
+        config["base"]["root_size"] == read_layout(outdir / "base.img").root.size_bytes == 48 * MIB
+    )
     assert "oci_images" not in config
     sources = [
         config["base"]["source"],
