@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from image_creator.__about__ import __version__
-from image_creator.config.model import OCI_PLATFORM
+from image_creator.config.model import OCI_PLATFORM, Download, Export, Pull
 from image_creator.errors import ImageCreatorError, exit_code_for
 from image_creator.localfile import write_atomically
 from image_creator.options import Mode, Options
@@ -79,7 +79,7 @@ def _images(plan: Plan | None, built: Built) -> list[dict[str, Any]]:
             {
                 "ident": source.image.ident,
                 "platform": OCI_PLATFORM,
-                "source": source.image.url or "registry",
+                "source": _image_source(source.image.origin),
                 "manifest_digest": source.manifest_digest,
                 "planned_filesize": source.filesize,
                 "planned_fullsize": source.fullsize,
@@ -101,7 +101,7 @@ def _files(plan: Plan | None, built: Built) -> list[dict[str, Any]]:
         done = built.files[index] if index < len(built.files) else None
         documents.append(
             {
-                "source": entry.url if entry.content is None else None,
+                "source": entry.origin.url if isinstance(entry.origin, Download) else None,
                 "to": str(entry.to),
                 "via": entry.via.value,
                 "download_size": source.download_size,
@@ -153,3 +153,7 @@ def _checksum(declared: bool, done: bool) -> str:
     if not declared:
         return "none"
     return "verified" if done else "pending"
+
+
+def _image_source(origin: Pull | Export) -> str:
+    return origin.url if isinstance(origin, Export) else "registry"

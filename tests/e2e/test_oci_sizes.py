@@ -22,6 +22,7 @@ from docker_export import Image, Platform
 
 from image_creator.config.document import parse_yaml
 from image_creator.config.loader import parse_config
+from image_creator.config.model import Pull
 from image_creator.fetch.oci import export_filename
 from image_creator.oci_sizes import ImageSizes, format_entry, human_size, main
 from tests.support.oci_layout import retagged
@@ -167,9 +168,9 @@ def test_snippet_pasted_in_a_config_loads_unchanged(
     text = "base: 1.2.1\n" + snippet
     loaded = parse_config(parse_yaml(text, "config.yaml"), label="config.yaml", base_dir=tmp_path)
     assert [
-        (image.ident, image.url, image.filesize, image.fullsize)
+        (image.ident, image.origin, image.filesize, image.fullsize)
         for image in loaded.config.oci_images
-    ] == [(entry["ident"], None, entry["filesize"], entry["fullsize"]) for entry in printed]
+    ] == [(entry["ident"], Pull(), entry["filesize"], entry["fullsize"]) for entry in printed]
     assert loaded.warnings == ()
 
 

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from image_creator.config.loader import load_config
+from image_creator.config.model import Download, Inline
 from image_creator.demo import (
     DEFAULT_BOOT_FILES,
     DEFAULT_DATA_FILES,
@@ -243,6 +244,7 @@ def test_demo_config_loads_with_the_project_loader(demo_dir: Path) -> None:
     assert loaded.config.base.root_size == 48 * MIB
     assert loaded.config.oci_images == ()
     assert loaded.config.base.url == (demo_dir / "base.img.xz").as_uri()
-    assert [entry.url for entry in loaded.config.files] == [
-        (demo_dir / name).as_uri() for name in ("hello.txt", "site.tar.gz", "site.zip")
-    ] + [None]
+    assert [entry.origin for entry in loaded.config.files[:3]] == [
+        Download((demo_dir / name).as_uri()) for name in ("hello.txt", "site.tar.gz", "site.zip")
+    ]
+    assert isinstance(loaded.config.files[3].origin, Inline)

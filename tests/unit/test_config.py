@@ -17,6 +17,10 @@ from image_creator.config.loader import LoadedConfig, load_config, parse_config
 from image_creator.config.model import (
     BASE_URL_TEMPLATE_ENV,
     ChecksumKind,
+    Download,
+    Export,
+    Inline,
+    Pull,
     Via,
 )
 from image_creator.digests import ChecksumAlgo
@@ -113,7 +117,7 @@ def test_spec_sample_parses_and_warns_about_the_misspelled_key() -> None:
     assert [image.ident for image in config.oci_images] == ["ghcr.io/offspot/kiwix-serve:dev"]
     assert config.files[0].to == PurePosixPath("/data/contents/zims/wikipedia_fr_test.zim")
     assert config.files[0].relative_to_data == PurePosixPath("contents/zims/wikipedia_fr_test.zim")
-    assert config.files[1].content == b"hello world\n"
+    assert config.files[1].origin == Inline(b"hello world\n")
     assert config.write_config is False
     assert config.offspot["ap"]["ssid"] == "Kiwix Offspot"
     assert loaded.warnings == (
@@ -129,14 +133,14 @@ def test_real_world_forms_parse() -> None:
     assert config.base.is_xz
     assert config.output_size is None
     first, second = config.oci_images
-    assert (first.url, first.filesize, first.fullsize) == (None, 52090880, 51982543)
+    assert (first.origin, first.filesize, first.fullsize) == (Pull(), 52090880, 51982543)
     assert second.ident == "ghcr.io/offspot/file-manager:1.4"
-    assert second.url == "https://drive.offspot.it/oci/file-manager.tar"
+    assert second.origin == Export("https://drive.offspot.it/oci/file-manager.tar")
     assert config.files[0].checksum is not None
     assert config.files[0].checksum.algo is ChecksumAlgo.MD5
     assert config.files[1].via is Via.ZIP
     assert config.files[1].size == 2_500_000_000
-    assert config.files[2].content == b"hello"
+    assert config.files[2].origin == Inline(b"hello")
     assert config.write_config is True
 
 
@@ -167,13 +171,13 @@ def test_base_url_template_is_overridable(monkeypatch: pytest.MonkeyPatch) -> No
 def test_local_paths_become_file_urls_relative_to_the_config(tmp_path: Path) -> None:
     loaded = parse("base: images/base.img\nfiles:\n- to: /data/a\n  url: a.txt\n", tmp_path)
     assert loaded.config.base.url == (tmp_path / "images/base.img").as_uri()
-    assert loaded.config.files[0].url == (tmp_path / "a.txt").as_uri()
+    assert loaded.config.files[0].origin == Download((tmp_path / "a.txt").as_uri())
 
 
 def test_content_wins_over_url() -> None:
     loaded = parse("base: 1.2.1\nfiles:\n- to: /data/a\n  url: http://x/a\n  content: hi\n")
     entry = loaded.config.files[0]
-    assert (entry.content, entry.url) == (b"hi", None)
+    assert entry.origin == Inline(b"hi")
     assert loaded.warnings == (
         "cfg.yaml: files[0].url: ignored: content is given and wins over url",
     )
@@ -299,7 +303,7 @@ def test_load_config_reads_files_and_urls(tmp_path: Path) -> None:
         read_url=lambda url: b"base: images/base.img\nfiles:\n- {to: /data/a, url: /a.txt}\n",
     )
     assert relative.config.base.url == "http://127.0.0.1:1/configs/images/base.img"
-    assert relative.config.files[0].url == Path("/a.txt").as_uri()
+    assert relative.config.files[0].origin == Download(Path("/a.txt").as_uri())
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(str(tmp_path / "missing.yaml"), read_url=lambda url: b"")
 
@@ -308,7 +312,7 @@ def test_base64_content_is_decoded() -> None:
     payload = bytes(range(256))
     encoded = base64.b64encode(payload).decode()
     text = f"base: 1.2.1\nfiles:\n- to: /data/bin\n  via: base64\n  content: {encoded}\n"
-    assert parse(text).config.files[0].content == payload
+    assert parse(text).config.files[0].origin == Inline(payload)
 
 
 def test_entries_may_sit_inside_an_archive_destination() -> None:

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from image_creator.config.loader import load_config, parse_config
+from image_creator.config.model import Inline
 from image_creator.errors import ConfigError
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1500"))
@@ -136,4 +137,4 @@ def test_yaml_dumped_documents_load_the_same(tmp_path: Path) -> None:
     document = {"base": "1.2.1", "files": [{"to": "/data/a", "content": "x"}]}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(document))
-    assert load_config(str(path), read_url=lambda url: b"").config.files[0].content == b"x"
+    assert load_config(str(path), read_url=lambda url: b"").config.files[0].origin == Inline(b"x")

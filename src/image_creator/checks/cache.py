@@ -11,6 +11,7 @@ from image_creator.cache.entry import EntryKind
 from image_creator.cache.eviction import describe
 from image_creator.cache.policy import load_policy
 from image_creator.cache.store import CacheStore
+from image_creator.config.model import Download, Export
 from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.plan import CacheForecast, CacheUse, Inventory
@@ -54,13 +55,14 @@ def cache_uses(inventory: Inventory) -> list[CacheUse]:
             )
         )
     for image in inventory.images:
-        if image.image.url is not None:
-            if is_cacheable_url(image.image.url):
+        origin = image.image.origin
+        if isinstance(origin, Export):
+            if is_cacheable_url(origin.url):
                 uses.append(
                     CacheUse(
                         EntryKind.FILES,
-                        image.image.url,
-                        image.image.url,
+                        origin.url,
+                        origin.url,
                         version_of(image.remote),
                         image.filesize,
                     )
@@ -76,8 +78,8 @@ def cache_uses(inventory: Inventory) -> list[CacheUse]:
             )
         )
     for file in inventory.files:
-        url = file.entry.url
-        if url is not None and file.entry.content is None and is_cacheable_url(url):
+        file_origin = file.entry.origin
+        if isinstance(file_origin, Download) and is_cacheable_url(url := file_origin.url):
             uses.append(
                 CacheUse(
                     EntryKind.FILES, url, url, version_of(file.remote), file.download_size or 0

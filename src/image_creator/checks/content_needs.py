@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from image_creator.config.model import Via
+from image_creator.config.model import Inline, Via
 from image_creator.plan import FileSource, ImageSource, Inventory
 
 # A directory entry is 8 bytes plus the name rounded up to 4; hashed directories split full
@@ -60,7 +60,11 @@ def content_needs(inventory: Inventory, block_size: int) -> ContentNeeds:
         inodes += 1
         names += 1
         folders.add(IMAGES_FOLDER)
-    inline = sum(len(source.entry.content or b"") for source in inventory.files)
+    inline = sum(
+        len(source.entry.origin.content)
+        for source in inventory.files
+        if isinstance(source.entry.origin, Inline)
+    )
     blocks += _ceil(BUILD_FILES_BYTES + 2 * inline, block_size)
     inodes += BUILD_FILES_INODES
     # every folder of a destination path may be new: an inode and a block each

@@ -24,7 +24,9 @@ from image_creator.config.model import (
     Checksum,
     ChecksumKind,
     Config,
+    Export,
     FileEntry,
+    Inline,
     OciImage,
     Via,
 )
@@ -78,7 +80,7 @@ def report_sources(inventory: Inventory, reporter: Reporter) -> None:
         )
     for source in inventory.files:
         entry = source.entry
-        origin = entry.url if entry.url is not None else "inline content"
+        origin = entry.source_text
         sized = format_size(source.expanded_size)
         if entry.via.is_archive and source.download_size is not None:
             sized = f"{format_size(source.download_size)} {entry.via.value}, {sized} expanded"
@@ -201,11 +203,12 @@ def expected_digest(checksum: Checksum) -> str:
 
 
 def inspect_oci_image(image: OciImage) -> ImageSource:
-    if image.url is not None:
-        remote = http.probe(image.url)
+    if isinstance(image.origin, Export):
+        url = image.origin.url
+        remote = http.probe(url)
         filesize = image.filesize or remote.size
         if filesize is None:
-            raise SourceError(f"{image.url}: size unknown; give filesize for {image.ident}")
+            raise SourceError(f"{url}: size unknown; give filesize for {image.ident}")
         # A docker-load tar holds uncompressed layers: its extracted size is at most its size.
         return ImageSource(
             image=image,
@@ -228,27 +231,25 @@ def inspect_oci_image(image: OciImage) -> ImageSource:
 
 def inspect_file(entry: FileEntry, label: str, cache: CacheStore | None = None) -> FileSource:
     expected = expected_digest(entry.checksum) if entry.checksum is not None else None
-    if entry.content is not None:
+    if isinstance(entry.origin, Inline):
         return FileSource(
             entry=entry,
             remote=None,
-            expanded_size=len(entry.content),
+            expanded_size=len(entry.origin.content),
             expected=expected,
             size_from=SizeFrom.CONTENT,
         )
-    if entry.url is None:  # the loader guarantees a url or a content
-        raise SourceError(f"{label}: neither url nor content")
-    info = http.probe(entry.url)
+    url = entry.origin.url
+    info = http.probe(url)
     download_size = info.size
     if entry.size is None and download_size is None:
-        raise SourceError(f"{entry.url}: the server gives no size; set {label}.size")
+        raise SourceError(f"{url}: the server gives no size; set {label}.size")
     if entry.via.is_archive:
-        facts = _inspect_archive(entry.url, entry.via, info, cache)
+        facts = _inspect_archive(url, entry.via, info, cache)
         return _archive_source(entry, label, info, facts, expected)
     if entry.size is not None and download_size is not None and entry.size != download_size:
         raise SourceError(
-            f"{entry.url}: the server announces {download_size} bytes "
-            f"but {label}.size says {entry.size}"
+            f"{url}: the server announces {download_size} bytes but {label}.size says {entry.size}"
         )
     if download_size is not None:
         expanded, size_from = download_size, SizeFrom.SERVER
@@ -296,7 +297,7 @@ def _archive_source(
             size_from = SizeFrom.ARCHIVE
             warnings = (
                 f"{label}.size: {format_size(declared)} ({declared} bytes) is less than "
-                f"{entry.url} expands to, {format_size(found)} ({found} bytes); "
+                f"{entry.source_text} expands to, {format_size(found)} ({found} bytes); "
                 "the archive's size is used",
             )
     elif declared is not None:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from image_creator.config.model import Pull
 from image_creator.config.units import format_size
 from image_creator.options import Options
 from image_creator.plan import CacheForecast, Inventory, SizePlan
@@ -22,7 +23,9 @@ def space_needs(
     if options.output is not None:
         # the image is sparse: what lands on disk is the base image plus the content
         needs[options.output.absolute()] = sizes.base_image + sizes.content
-    exports = sum(image.fullsize for image in inventory.images if image.image.url is None)
+    exports = sum(
+        image.fullsize for image in inventory.images if isinstance(image.image.origin, Pull)
+    )
     if exports:
         needs[default_build_dir(options)] = exports
     return needs

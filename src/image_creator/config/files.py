@@ -10,7 +10,15 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from image_creator.config.document import describe
-from image_creator.config.model import CONFIG_COPIES, DATA_ROOT, IMAGES_DIR, FileEntry, Via
+from image_creator.config.model import (
+    CONFIG_COPIES,
+    DATA_ROOT,
+    IMAGES_DIR,
+    Download,
+    FileEntry,
+    Inline,
+    Via,
+)
 from image_creator.config.reader import ConfigReader, read_checksum
 from image_creator.config.units import NAME_MAX
 
@@ -76,7 +84,14 @@ def _read_file(reader: ConfigReader, path: str, value: Any) -> FileEntry | None:
         reader.problem(path, "needs a url or a content")
     if len(reader.problems) > problems_before or to is None or via is None:
         return None
-    return FileEntry(to=to, via=via, url=url, content=content, size=size, checksum=checksum)
+    origin: Download | Inline
+    if content is not None:
+        origin = Inline(content)
+    elif url is not None:
+        origin = Download(url)
+    else:
+        return None
+    return FileEntry(to=to, origin=origin, via=via, size=size, checksum=checksum)
 
 
 def read_files(reader: ConfigReader, value: Any, *, write_config: bool) -> list[FileEntry]:

@@ -22,7 +22,9 @@ from image_creator.config.model import (
     BaseImage,
     Checksum,
     Config,
+    Export,
     OciImage,
+    Pull,
 )
 from image_creator.config.reader import REMOTE_SCHEMES, ConfigReader, read_checksum
 from image_creator.config.units import SECTOR_SIZE, round_up
@@ -130,7 +132,8 @@ def _read_oci_image(reader: ConfigReader, path: str, value: Any) -> OciImage | N
     except ValueError as exc:
         reader.problem(key_path, f"not an image reference ({exc}): {ident!r}")
         return None
-    return OciImage(ident=ident, url=url, filesize=filesize, fullsize=fullsize)
+    origin = Pull() if url is None else Export(url)
+    return OciImage(ident=ident, origin=origin, filesize=filesize, fullsize=fullsize)
 
 
 def parse_config(

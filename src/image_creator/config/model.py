@@ -66,21 +66,51 @@ class BaseImage:
 
 
 @dataclass(frozen=True)
+class Pull:
+    """An OCI image pulled from the registry its reference names."""
+
+
+@dataclass(frozen=True)
+class Export:
+    """An OCI image downloaded as an exported docker-load tar from ``url``."""
+
+    url: str
+
+
+@dataclass(frozen=True)
 class OciImage:
-    ident: str
-    url: str | None = None  # an exported tar to download instead of pulling
+    ident: str  # the image reference: ghcr.io/offspot/kiwix-serve:3.7.0
+    origin: Pull | Export = field(default_factory=Pull)
     filesize: int | None = None
     fullsize: int | None = None
 
 
 @dataclass(frozen=True)
+class Download:
+    """A file downloaded from ``url`` (http(s), or file:// for a local path)."""
+
+    url: str
+
+
+@dataclass(frozen=True)
+class Inline:
+    """A file whose bytes the config gives (``content``, which wins over a url)."""
+
+    content: bytes
+
+
+@dataclass(frozen=True)
 class FileEntry:
     to: PurePosixPath  # absolute, normalised, below /data
+    origin: Download | Inline
     via: Via = Via.DIRECT
-    url: str | None = None
-    content: bytes | None = None  # wins over url when both are given
     size: int | None = None  # expanded size for archives, else the file's size
     checksum: Checksum | None = None
+
+    @property
+    def source_text(self) -> str:
+        """Where the bytes come from, for messages: the URL, or "inline content"."""
+        return self.origin.url if isinstance(self.origin, Download) else "inline content"
 
     @property
     def relative_to_data(self) -> PurePosixPath:

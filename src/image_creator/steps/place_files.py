@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from image_creator.cache.downloads import Downloads, Fetched, copy_file
-from image_creator.config.model import Checksum, FileEntry, Via
+from image_creator.config.model import Checksum, FileEntry, Inline, Via
 from image_creator.config.units import CHUNK
 from image_creator.errors import BuildError, os_reason
 from image_creator.fetch.archives import NoRoomError, extract_tar_stream, extract_zip
@@ -67,7 +67,7 @@ def place_file(
 @contextmanager
 def _room_on(root: Path, entry: FileEntry) -> Iterator[None]:
     """Turn a full data partition (space or inodes) into one clear BuildError."""
-    origin = entry.url if entry.url is not None else "inline content"
+    origin = entry.source_text
     free_before = free_inodes(root)
     try:
         yield
@@ -104,11 +104,10 @@ def _place(
 ) -> PlacedFile:
     entry = source.entry
     target = destination(root, entry.relative_to_data)
-    if entry.content is not None:
-        written = _write_content(entry, entry.content, target, source.expected)
+    if isinstance(entry.origin, Inline):
+        written = _write_content(entry, entry.origin.content, target, source.expected)
         return PlacedFile(written, from_cache=False)
-    assert entry.url is not None  # the loader guarantees a url or a content
-    url = entry.url
+    url = entry.origin.url
     expected = source.expected
     with (
         reporter.progress(str(entry.to), source.download_size) as advance,

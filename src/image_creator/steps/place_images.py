@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from image_creator.cache.downloads import Downloads, copy_file, image_cache_key
-from image_creator.config.model import DATA_ROOT, IMAGES_DIR
+from image_creator.config.model import DATA_ROOT, IMAGES_DIR, Export
 from image_creator.config.units import CHUNK
 from image_creator.fetch import oci
 from image_creator.fetch.oci import ExportedImage
@@ -34,13 +34,14 @@ def place_image(
     """The image's docker-load tar at /data/images/NAME.tar, verified layer by layer."""
     image = source.image
     target = destination(root, IMAGES_FOLDER / oci.export_filename(image.ident))
-    label = image.url or image.ident
+    origin = image.origin
+    label = origin.url if isinstance(origin, Export) else image.ident
     with staged(target) as staging:
-        if image.url is not None:
+        if isinstance(origin, Export):
             with (
                 reporter.progress(image.ident, source.filesize) as advance,
                 downloads.open(
-                    image.url, remote=source.remote, on_progress=advance, cancelled=cancelled
+                    origin.url, remote=source.remote, on_progress=advance, cancelled=cancelled
                 ) as fetched,
             ):
                 reader = CancellableReader(fetched.stream, cancelled)
