@@ -27,13 +27,13 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
+from image_creator.config.units import SECTOR_SIZE
 from image_creator.errors import ImageCreatorError
 from image_creator.system.partitions import Partition, read_partition_table
 from image_creator.system.run import run
 
 logger = logging.getLogger(__name__)
 
-SECTOR_SIZE = 512
 MIB = 2**20
 # 1 MiB, the alignment of every partition (as on the real base image)
 ALIGNMENT_SECTORS = MIB // SECTOR_SIZE

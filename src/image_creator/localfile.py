@@ -72,11 +72,20 @@ def nearly_full(path: Path, threshold: int) -> bool:
     return fs.f_bfree * fs.f_frsize < threshold or (fs.f_files > 0 and fs.f_ffree == 0)
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def write_atomically(
+    path: Path, data: bytes, *, mode: int = 0o644, staging: Path | None = None
+) -> None:
     """``data`` at ``path`` through a synced temporary file renamed over it: a concurrent
-    reader finds the old file or the whole new one, never half of it."""
+    reader finds the old file or the whole new one, never half of it.
+
+    The temporary file is ``.NAME.XXXXXXXX`` beside ``path``, or ``NAME.XXXXXXXX`` in
+    ``staging`` (a folder on the same filesystem, where a crash's leftovers are swept).
+    """
     path = path.absolute()
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    if staging is None:
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    else:
+        handle, name = tempfile.mkstemp(prefix=f"{path.name}.", dir=staging)
     temp = Path(name)
     try:
         with os.fdopen(handle, "wb") as file:

@@ -38,7 +38,7 @@ import xxhash
 from image_creator.cache.entry import CacheEntry, EntryKind
 from image_creator.config.units import CHUNK
 from image_creator.errors import ConfigError, os_reason
-from image_creator.localfile import describe_mode
+from image_creator.localfile import describe_mode, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -201,22 +201,13 @@ class CacheFolder:
 
     # writing ------------------------------------------------------------------------------
 
-    def new_temporary(self, entry_id: str, suffix: str = "") -> Path:
-        """A fresh name in tmp/ for ``entry_id``'s content (or metadata, ``suffix`` ".json")."""
-        return self.tmp_dir / f"{entry_id}{suffix}.{uuid.uuid4().hex[:8]}"
+    def new_temporary(self, entry_id: str) -> Path:
+        """A fresh name in tmp/ for ``entry_id``'s content."""
+        return self.tmp_dir / f"{entry_id}.{uuid.uuid4().hex[:8]}"
 
     def write_meta(self, entry: CacheEntry) -> None:
-        temporary = self.new_temporary(entry.entry_id, ".json")
-        try:
-            with temporary.open("x", encoding="utf-8") as file:
-                os.fchmod(file.fileno(), 0o644)
-                file.write(entry.to_json())
-                file.flush()
-                os.fsync(file.fileno())
-            temporary.replace(self.entries_dir / f"{entry.entry_id}.json")
-        finally:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
+        path = self.entries_dir / f"{entry.entry_id}.json"
+        write_atomically(path, entry.to_json().encode(), staging=self.tmp_dir)
 
     def commit(self, temporary: Path, entry: CacheEntry) -> None:
         """``temporary`` (complete, synced) becomes ``entry``'s content, then its metadata is

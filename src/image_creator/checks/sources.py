@@ -30,7 +30,7 @@ from image_creator.config.model import (
     OciImage,
     Via,
 )
-from image_creator.config.units import format_size
+from image_creator.config.units import SECTOR_SIZE, format_size
 from image_creator.context import Context
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import BuildError, SourceError
@@ -47,7 +47,6 @@ from image_creator.plan import (
     SizeFrom,
 )
 from image_creator.system.partitions import (
-    MBR_SECTOR_SIZE,
     PartitionTable,
     data_partition,
     parse_mbr,
@@ -175,7 +174,7 @@ def _base_checksum(base: BaseImage) -> tuple[Checksum | None, tuple[str, ...]]:
 def _read_head(url: str, *, compressed: bool) -> bytes:
     """The first sector of the (decompressed) image, reading as little as possible."""
     if not compressed:
-        return http.read_range(url, 0, MBR_SECTOR_SIZE)
+        return http.read_range(url, 0, SECTOR_SIZE)
     decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
     output = b""
     offset = 0
@@ -185,10 +184,10 @@ def _read_head(url: str, *, compressed: bool) -> bytes:
             break
         offset += len(chunk)
         try:
-            output += decompressor.decompress(chunk, max_length=MBR_SECTOR_SIZE - len(output))
+            output += decompressor.decompress(chunk, max_length=SECTOR_SIZE - len(output))
         except lzma.LZMAError as exc:
             raise SourceError(f"{url}: not a valid .xz file: {exc}") from exc
-        if len(output) >= MBR_SECTOR_SIZE or decompressor.eof:
+        if len(output) >= SECTOR_SIZE or decompressor.eof:
             break
     return output
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import BinaryIO
 
-from image_creator.config.units import format_size
+from image_creator.config.units import SECTOR_SIZE, format_size
 from image_creator.errors import BuildError, OutputError
 from image_creator.system.partitions import (
     DATA_PARTITION_NUMBER,
@@ -19,8 +19,6 @@ from image_creator.system.partitions import (
 from image_creator.system.run import run
 
 logger = logging.getLogger(__name__)
-
-SECTOR_SIZE = 512
 
 
 def grow_image_file(path: Path, size: int) -> None:

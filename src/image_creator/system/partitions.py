@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from image_creator.config.units import SECTOR_SIZE
 from image_creator.errors import BuildError, SourceError
 from image_creator.system.run import run
 
 logger = logging.getLogger(__name__)
 
-MBR_SECTOR_SIZE = 512
 DATA_PARTITION_NUMBER = 3
 
 _MBR_DISK_ID_OFFSET = 0x1B8
@@ -100,9 +100,9 @@ def parse_mbr(first_sectors: bytes) -> PartitionTable:
     a remote image can be computed from its first sector. Raises SourceError (such an image
     cannot be a base) when the bytes are not an MBR, or are the protective MBR of a GPT disk.
     """
-    if len(first_sectors) < MBR_SECTOR_SIZE:
+    if len(first_sectors) < SECTOR_SIZE:
         raise SourceError(
-            f"not an MBR: {len(first_sectors)} bytes given, the MBR needs {MBR_SECTOR_SIZE}"
+            f"not an MBR: {len(first_sectors)} bytes given, the MBR needs {SECTOR_SIZE}"
         )
     if first_sectors[_MBR_SIGNATURE_OFFSET : _MBR_SIGNATURE_OFFSET + 2] != _MBR_SIGNATURE:
         raise SourceError("not an MBR: boot signature 0x55AA missing at offset 0x1FE")
@@ -122,8 +122,8 @@ def parse_mbr(first_sectors: bytes) -> PartitionTable:
         partitions.append(
             Partition(
                 number=index + 1,
-                start_bytes=first_lba * MBR_SECTOR_SIZE,
-                size_bytes=sector_count * MBR_SECTOR_SIZE,
+                start_bytes=first_lba * SECTOR_SIZE,
+                size_bytes=sector_count * SECTOR_SIZE,
                 type=f"{type_byte:x}",
             )
         )
@@ -132,7 +132,7 @@ def parse_mbr(first_sectors: bytes) -> PartitionTable:
     return PartitionTable(
         label="dos",
         disk_id=f"0x{disk_id:08x}",
-        sector_size=MBR_SECTOR_SIZE,
+        sector_size=SECTOR_SIZE,
         partitions=tuple(partitions),
     )
 
