@@ -18,6 +18,7 @@ from image_creator.checks.sizes import (
 )
 from image_creator.config.units import format_size
 from image_creator.context import Context
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import BuildError
 from image_creator.fetch.checksums import hash_file
 from image_creator.placement import placement_rounds, run_concurrently, run_in_rounds
@@ -157,7 +158,7 @@ def build(ctx: Context, plan: Plan, built: Built) -> None:
     reporter.info(f"image ready: {options.output} ({format_size(sizes.output)})")
     if options.report is not None:
         with ctx.timeline.step("Computing the image's sha256"):
-            built.output_sha256 = hash_file(options.output, "sha-256")
+            built.output_sha256 = hash_file(options.output, ChecksumAlgo.SHA256)
     if ctx.cache is not None:
         with ctx.timeline.step("Tidying the cache"):
             tidy_cache(ctx, plan)

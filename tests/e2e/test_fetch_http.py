@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from image_creator.__about__ import __version__
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch import http, watch
 from image_creator.fetch.archives import extract_tar_stream
@@ -268,7 +269,7 @@ def test_download_gives_up_when_every_attempt_drops_at_once(
 
 
 def test_download_then_verify_a_wrong_checksum(http_server: HttpServer, zim_url: str) -> None:
-    hasher = new_hasher("md5")
+    hasher = new_hasher(ChecksumAlgo.MD5)
     download(zim_url, hasher.update)
     assert hasher.hexdigest() == hashlib.md5(PAYLOAD).hexdigest()
     with pytest.raises(ChecksumMismatchError) as caught:
@@ -307,7 +308,7 @@ def test_stream_into_tar_extractor_survives_drops(http_server: HttpServer, tmp_p
     archive, files = make_tar_gz()
     url = http_server.add("/site.tar.gz", archive)
     http_server.fault("/site.tar.gz", drop_after=700_000, times=3)
-    hasher = new_hasher("sha-256")
+    hasher = new_hasher(ChecksumAlgo.SHA256)
     with open_stream(url, backoff=0) as stream:
         written = extract_tar_stream(
             HashingReader(stream, hasher),
@@ -347,7 +348,7 @@ def test_read_text_of_a_checksum_url(http_server: HttpServer) -> None:
         content_type="text/plain",
     )
     text = read_text(url)
-    assert parse_checksum_text(text, algo="sha-256", source=url) == PAYLOAD_SHA256
+    assert parse_checksum_text(text, algo=ChecksumAlgo.SHA256, source=url) == PAYLOAD_SHA256
 
 
 def test_read_text_refuses_large_bodies(http_server: HttpServer, zim_url: str) -> None:

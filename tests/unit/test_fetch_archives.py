@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import SourceError
 from image_creator.fetch.archives import TarCompression, extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import HashingReader, new_hasher
@@ -158,7 +159,7 @@ def test_tar_stream_is_read_to_its_end_so_the_digest_covers_the_file(
     # a big blocking factor (tar -b 256) leaves a lot of padding after the end marker
     plain = build_tar([Member("a.txt", b"a" * 100)]) + b"\0" * 256 * 512
     archive = compress(plain, compression)
-    hasher = new_hasher("sha-256")
+    hasher = new_hasher(ChecksumAlgo.SHA256)
     stream = HashingReader(OneWayStream(archive), hasher)
     extract_tar_stream(stream, dest, compression=compression)
     assert stream.bytes_read == len(archive)
@@ -464,7 +465,7 @@ def test_tar_junk_is_skipped_and_counted(dest: Path) -> None:
     # a hard link to a skipped member is skipped with it
     members.append(Member("site/ds-link", kind=tarfile.LNKTYPE, linkname="site/.DS_Store"))
     archive = build_tar(members, "gz")
-    hasher = new_hasher("sha-256")
+    hasher = new_hasher(ChecksumAlgo.SHA256)
     stream = HashingReader(OneWayStream(archive), hasher)
     result = extract_tar_stream(stream, dest, compression="gz")
     files = {key: value for key, value in tree(dest).items() if value != "dir"}

@@ -10,8 +10,6 @@ import pytest
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.fetch.checksums import (
-    HEX_LENGTHS,
-    SUPPORTED_ALGOS,
     HashingReader,
     hash_file,
     new_hasher,
@@ -32,36 +30,25 @@ EXPECTED = {
 }
 
 
-def test_supported_algos_are_the_config_ones() -> None:
-    assert {algo.value for algo in ChecksumAlgo} == SUPPORTED_ALGOS == set(HEX_LENGTHS)
+def test_every_config_algorithm_is_supported() -> None:
+    assert {algo.value for algo in ChecksumAlgo} == set(EXPECTED)
 
 
-@pytest.mark.parametrize("algo", sorted(EXPECTED))
-def test_hasher_matches_reference_when_fed_in_pieces(algo: str) -> None:
+@pytest.mark.parametrize("algo", list(ChecksumAlgo))
+def test_hasher_matches_reference_when_fed_in_pieces(algo: ChecksumAlgo) -> None:
     hasher = new_hasher(algo)
     for start in range(0, len(PAYLOAD), 7777):
         hasher.update(PAYLOAD[start : start + 7777])
-    assert hasher.algo == algo
-    assert hasher.hexdigest() == EXPECTED[algo]
-    assert len(hasher.hexdigest()) == HEX_LENGTHS[algo]
-
-
-def test_hasher_accepts_the_config_enum() -> None:
-    hasher = new_hasher(ChecksumAlgo.SHA256)
-    hasher.update(PAYLOAD)
-    assert hasher.hexdigest() == EXPECTED["sha-256"]
+    assert hasher.algo is algo
+    assert hasher.hexdigest() == EXPECTED[algo.value]
+    assert len(hasher.hexdigest()) == algo.hex_length
 
 
 def test_adler32_is_eight_lowercase_hex_digits_with_leading_zeros() -> None:
-    hasher = new_hasher("adler32")
+    hasher = new_hasher(ChecksumAlgo.ADLER32)
     assert hasher.hexdigest() == "00000001"  # adler32 of nothing
     hasher.update(b"a")
     assert hasher.hexdigest() == "00620062"
-
-
-def test_unknown_algo_is_refused() -> None:
-    with pytest.raises(ValueError, match="sha-3"):
-        new_hasher("sha-3")
 
 
 @pytest.mark.parametrize(
@@ -79,7 +66,7 @@ def test_unknown_algo_is_refused() -> None:
     ],
 )
 def test_parse_checksum_text_forms(text: str) -> None:
-    assert parse_checksum_text(text, algo="md5") == "abcdef0123456789abcdef0123456789"
+    assert parse_checksum_text(text, algo=ChecksumAlgo.MD5) == "abcdef0123456789abcdef0123456789"
 
 
 @pytest.mark.parametrize("text", ["", "   \n\n", "<html>Not Found</html>", "xyz  file"])
@@ -90,17 +77,17 @@ def test_parse_checksum_text_rejects_non_digests(text: str) -> None:
 
 def test_parse_checksum_text_checks_length_for_algo() -> None:
     with pytest.raises(SourceError, match="sha-256 checksum has 64 hex digits, got 32"):
-        parse_checksum_text("abcdef0123456789abcdef0123456789", algo="sha-256")
+        parse_checksum_text("abcdef0123456789abcdef0123456789", algo=ChecksumAlgo.SHA256)
 
 
 def test_verify_digest_accepts_a_match_in_any_case() -> None:
-    hasher = new_hasher("sha-256")
+    hasher = new_hasher(ChecksumAlgo.SHA256)
     hasher.update(PAYLOAD)
     verify_digest(hasher, EXPECTED["sha-256"].upper(), source="http://h/f")
 
 
 def test_verify_digest_mismatch_names_url_expected_and_actual() -> None:
-    hasher = new_hasher("md5")
+    hasher = new_hasher(ChecksumAlgo.MD5)
     hasher.update(PAYLOAD)
     wrong = "0" * 32
     with pytest.raises(ChecksumMismatchError) as caught:
@@ -116,12 +103,12 @@ def test_hash_file_reports_progress(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(PAYLOAD)
     seen: list[int] = []
-    assert hash_file(path, "sha-512", on_progress=seen.append) == EXPECTED["sha-512"]
+    assert hash_file(path, ChecksumAlgo.SHA512, on_progress=seen.append) == EXPECTED["sha-512"]
     assert sum(seen) == len(PAYLOAD)
 
 
 def test_hashing_reader_hashes_exactly_what_is_read() -> None:
-    sha, adler = new_hasher("sha-1"), new_hasher("adler32")
+    sha, adler = new_hasher(ChecksumAlgo.SHA1), new_hasher(ChecksumAlgo.ADLER32)
     reader = HashingReader(io.BytesIO(PAYLOAD), sha, adler)
     received = bytearray()
     while chunk := reader.read(4096):

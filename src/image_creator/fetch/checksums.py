@@ -1,15 +1,11 @@
-"""Digests of downloaded content, by the algorithm names the config uses.
-
-An algorithm is its config name (a ``digests.ChecksumAlgo``, or the same name as a ``str``),
-an expected digest is lowercase hex.
-"""
+"""Digests of downloaded content, for the algorithms a config may name (``ChecksumAlgo``);
+an expected digest is lowercase hex."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import zlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -18,14 +14,6 @@ from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.ui.base import ProgressCallback, no_progress
 
-ADLER32 = ChecksumAlgo.ADLER32.value
-# config name -> hashlib constructor name
-_HASHLIB_NAMES: Mapping[str, str] = {
-    algo.value: algo.hashlib_name for algo in ChecksumAlgo if algo.hashlib_name is not None
-}
-SUPPORTED_ALGOS: frozenset[str] = frozenset(algo.value for algo in ChecksumAlgo)
-# Length of each algorithm's digest, in hex digits.
-HEX_LENGTHS: Mapping[str, int] = {algo.value: algo.hex_length for algo in ChecksumAlgo}
 _HEX = re.compile(r"[0-9a-f]+")
 # BSD-style tool output: "SHA256 (name) = digest"
 _BSD_LINE = re.compile(r"^[A-Za-z0-9-]+ \(.*\) = ([0-9A-Fa-f]+)$")
@@ -35,9 +23,7 @@ class Hasher(Protocol):
     """A running digest: feed it bytes, read the lowercase hex digest."""
 
     @property
-    def algo(self) -> str:
-        """The config name of the algorithm (``sha-256``, ``adler32``, ...)."""
-        ...
+    def algo(self) -> ChecksumAlgo: ...
 
     def update(self, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -45,12 +31,12 @@ class Hasher(Protocol):
 
 
 class _HashlibHasher:
-    def __init__(self, algo: str) -> None:
+    def __init__(self, algo: ChecksumAlgo, hashlib_name: str) -> None:
         self._algo = algo
-        self._hash = hashlib.new(_HASHLIB_NAMES[algo])
+        self._hash = hashlib.new(hashlib_name)
 
     @property
-    def algo(self) -> str:
+    def algo(self) -> ChecksumAlgo:
         return self._algo
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
@@ -65,8 +51,8 @@ class _Adler32Hasher:
         self._value = zlib.adler32(b"")
 
     @property
-    def algo(self) -> str:
-        return ADLER32
+    def algo(self) -> ChecksumAlgo:
+        return ChecksumAlgo.ADLER32
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         self._value = zlib.adler32(data, self._value)
@@ -75,17 +61,16 @@ class _Adler32Hasher:
         return f"{self._value:08x}"
 
 
-def new_hasher(algo: str) -> Hasher:
-    """A fresh hasher for a config algorithm name; ``ValueError`` for an unknown one."""
-    name = str(algo)
-    if name == ADLER32:
+def new_hasher(algo: ChecksumAlgo) -> Hasher:
+    """A fresh hasher for ``algo``."""
+    if algo.hashlib_name is None:
         return _Adler32Hasher()
-    if name in _HASHLIB_NAMES:
-        return _HashlibHasher(name)
-    raise ValueError(f"unsupported checksum algorithm {name!r}")
+    return _HashlibHasher(algo, algo.hashlib_name)
 
 
-def parse_checksum_text(text: str, *, algo: str | None = None, source: str | None = None) -> str:
+def parse_checksum_text(
+    text: str, *, algo: ChecksumAlgo | None = None, source: str | None = None
+) -> str:
     """The lowercase hex digest in a checksum document (what a ``kind: url`` URL returns).
 
     Accepts the digest alone, ``md5sum``-style ``digest  filename`` (or ``digest *filename``),
@@ -108,12 +93,10 @@ def parse_checksum_text(text: str, *, algo: str | None = None, source: str | Non
         raise SourceError(f"{where}no checksum found in the text")
     if not _HEX.fullmatch(digest):
         raise SourceError(f"{where}not a hexadecimal checksum: {digest[:140]!r}")
-    if algo is not None:
-        expected_length = HEX_LENGTHS.get(str(algo))
-        if expected_length is not None and len(digest) != expected_length:
-            raise SourceError(
-                f"{where}a {algo} checksum has {expected_length} hex digits, got {len(digest)}"
-            )
+    if algo is not None and len(digest) != algo.hex_length:
+        raise SourceError(
+            f"{where}a {algo} checksum has {algo.hex_length} hex digits, got {len(digest)}"
+        )
     return digest
 
 
@@ -127,7 +110,9 @@ def verify_digest(hasher: Hasher, expected: str, *, source: str) -> None:
         )
 
 
-def hash_file(path: Path, algo: str, *, on_progress: ProgressCallback = no_progress) -> str:
+def hash_file(
+    path: Path, algo: ChecksumAlgo, *, on_progress: ProgressCallback = no_progress
+) -> str:
     """The hex digest of a local file (to check a cached or downloaded copy)."""
     hasher = new_hasher(algo)
     with path.open("rb") as file:
