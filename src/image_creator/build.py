@@ -14,7 +14,7 @@ from image_creator.checks.sizes import (
     ensure_room,
     measure_data_filesystem,
     plan_sizes,
-    report_sizes,
+    show_sizes,
 )
 from image_creator.config.units import format_size
 from image_creator.context import Context
@@ -85,7 +85,7 @@ def build(ctx: Context, plan: Plan, built: Built) -> None:
             table=table,
         )
         built.sizes = sizes
-        report_sizes(sizes, reporter, requested=config.output_size)
+        show_sizes(sizes, reporter, requested=config.output_size)
 
     with ctx.timeline.step(f"Growing image to {format_size(sizes.output)}"):
         grow_image_file(image, sizes.output)

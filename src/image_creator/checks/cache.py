@@ -24,7 +24,7 @@ def check_cache(ctx: Context, inventory: Inventory) -> tuple[tuple[CacheUse, ...
     assert ctx.cache is not None  # called with --cache-dir only
     uses = cache_uses(inventory)
     expected = forecast(ctx.cache, uses)
-    report_forecast(expected, ctx.reporter)
+    show_forecast(expected, ctx.reporter)
     if ctx.options.show_cache:
         show_cache(ctx.cache, ctx.reporter)
     return tuple(uses), expected
@@ -115,7 +115,7 @@ def forecast(store: CacheStore, uses: list[CacheUse]) -> CacheForecast:
     return replace(partial, evictions=tuple(evictions))
 
 
-def report_forecast(result: CacheForecast, reporter: Reporter) -> None:
+def show_forecast(result: CacheForecast, reporter: Reporter) -> None:
     for use in result.hits:
         reporter.info(f"cache hit: {use.source}")
     for use in result.additions:

@@ -157,13 +157,13 @@ def check_sizes(ctx: Context, inventory: Inventory) -> SizePlan:
     """The image's size for this content (an upper bound when the base is compressed), checked
     against ``output.size`` and ``--max-size``."""
     sizes = plan_sizes(inventory, requested=ctx.config.output_size, max_size=ctx.options.max_size)
-    report_sizes(
+    show_sizes(
         sizes, ctx.reporter, requested=ctx.config.output_size, max_size=ctx.options.max_size
     )
     return sizes
 
 
-def report_sizes(
+def show_sizes(
     sizes: SizePlan, reporter: Reporter, *, requested: int | None, max_size: int | None = None
 ) -> None:
     how = "requested" if requested is not None else "auto"

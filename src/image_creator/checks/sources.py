@@ -62,11 +62,11 @@ _XZ_HEAD_STEPS = (64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
 
 def check_sources(ctx: Context) -> Inventory:
     inventory = inspect_sources(ctx.config, concurrency=ctx.options.concurrency, cache=ctx.cache)
-    report_sources(inventory, ctx.reporter)
+    show_sources(inventory, ctx.reporter)
     return inventory
 
 
-def report_sources(inventory: Inventory, reporter: Reporter) -> None:
+def show_sources(inventory: Inventory, reporter: Reporter) -> None:
     base = inventory.base
     download = format_size(base.download_size) if base.download_size is not None else "size unknown"
     reporter.info(f"base image {base.image.url}: {download}")
