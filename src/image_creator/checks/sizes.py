@@ -157,9 +157,7 @@ def check_sizes(ctx: Context, inventory: Inventory) -> SizePlan:
     """The image's size for this content (an upper bound when the base is compressed), checked
     against ``output.size`` and ``--max-size``."""
     sizes = plan_sizes(inventory, requested=ctx.config.output_size, max_size=ctx.options.max_size)
-    show_sizes(
-        sizes, ctx.reporter, requested=ctx.config.output_size, max_size=ctx.options.max_size
-    )
+    show_sizes(sizes, ctx.reporter, requested=ctx.config.output_size, max_size=ctx.options.max_size)
     return sizes
 
 
