@@ -146,6 +146,14 @@ class Outcome:
     pieces_refetched: int = 0
 
 
+@dataclass(frozen=True)
+class Transfer:
+    """How a file came: connections at most at once (0: from the cache), bytes per URL."""
+
+    connections: int
+    bytes_from: dict[str, int] = field(default_factory=dict)
+
+
 def worth_splitting(size: int | None, *, min_segment: int = MIN_SEGMENT) -> bool:
     return size is not None and size >= 2 * min_segment
 

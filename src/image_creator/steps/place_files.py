@@ -118,6 +118,7 @@ def _place(
             on_progress=advance,
             cancelled=cancelled,
             size=entry.size if entry.via is Via.DIRECT else None,
+            segmentable=entry.via is Via.DIRECT,
         ) as fetched,
     ):
         if entry.via is Via.DIRECT and _known_good(fetched, entry.checksum, expected):
@@ -137,9 +138,12 @@ def _place(
 
         if entry.via is Via.DIRECT:
             with staged(target) as staging:
-                written = _copy(reader, staging)
+                if fetched.segmented is not None:  # over several connections, in place
+                    written = fetched.segmented.into(staging, *hashers)
+                else:
+                    written = _copy(reader, staging)
                 verify()
-            return PlacedFile(written, fetched.from_cache)
+            return PlacedFile(written, fetched.from_cache, transfer=fetched.transfer(written))
 
         def replaced(path: Path) -> None:
             # the config's own files are written first: an archive member replacing one wins
