@@ -23,9 +23,9 @@ from image_creator.cache.entry import EntryKind
 from image_creator.cache.store import CacheStore, CacheWriter
 from image_creator.config.model import OCI_PLATFORM
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
-from image_creator.fetch import http, segmented
+from image_creator.fetch import http, metalink, segmented
 from image_creator.fetch.archives import ReadableStream
-from image_creator.fetch.checksums import Hasher
+from image_creator.fetch.checksums import Hasher, new_hasher, verify_digest
 from image_creator.fetch.http import RemoteInfo
 from image_creator.fetch.segmented import (
     ConnectionLimiter,
@@ -114,6 +114,7 @@ class SegmentedFile:
 
     def __init__(
         self,
+        url: str,
         remote: RemoteInfo,
         *,
         writer: CacheWriter | None,
@@ -123,6 +124,7 @@ class SegmentedFile:
         on_progress: ProgressCallback,
     ) -> None:
         assert remote.size is not None
+        self.url = url
         self.remote = remote
         self.size = remote.size
         self._writer = writer
@@ -134,26 +136,36 @@ class SegmentedFile:
 
     def into(self, path: Path, *hashers: Hasher) -> int:
         """Fetch the whole file into ``path`` (created: it must not exist), every byte also
-        going, in order, through ``hashers`` and into the cache entry; its size."""
+        going, in order, through ``hashers`` and into the cache entry; its size.
+
+        Mirrors named by the source (see fetch/metalink.py) share the segments; the
+        metalink's digest is then verified too (ChecksumMismatchError), and its piece
+        digests as the pieces come.
+        """
         writer = self._writer
+        # the URL the check probed (after redirects), with its validators, comes first
+        sources = [Source(self.remote.url, etag=self.remote.etag)]
+        with http.make_session() as session:
+            mirrors, found = metalink.find_mirrors(session, self.url, size=self.size)
+            sources += [Source(m.url) for m in mirrors if m.url != self.remote.url]
+            strongest = found.strongest_hash() if found is not None else None
+            checks = [new_hasher(strongest[0])] if strongest is not None else []
 
-        def consume(data: bytes) -> None:
-            for hasher in hashers:
-                hasher.update(data)
-            if writer is not None:
-                writer.write(data)
+            def consume(data: bytes) -> None:
+                for hasher in (*hashers, *checks):
+                    hasher.update(data)
+                if writer is not None:
+                    writer.write(data)
 
-        # the URL the check probed (after redirects), with its validators
-        source = Source(self.remote.url, etag=self.remote.etag)
-        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            with http.make_session() as session:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
                 self.outcome = segmented.fetch_segmented(
                     handle,
                     self.size,
-                    [source],
+                    sources,
                     session=session,
                     consume=consume,
+                    pieces=found.pieces if found is not None else None,
                     limiter=self._limiter,
                     cancelled=self._cancelled,
                     on_progress=self._on_progress,
@@ -161,8 +173,10 @@ class SegmentedFile:
                     min_segment=segmented.MIN_SEGMENT,
                     min_steal=segmented.MIN_STEAL,
                 )
-        finally:
-            os.close(handle)
+            finally:
+                os.close(handle)
+        if strongest is not None:
+            verify_digest(checks[0], strongest[1], source=f"{self.url} (its metalink)")
         if writer is not None:
             writer.complete = True
         return self.size
@@ -241,6 +255,7 @@ class Downloads:
         def in_segments(writer: CacheWriter | None) -> Iterator[Fetched]:
             assert remote is not None
             file = SegmentedFile(
+                url,
                 remote,
                 writer=writer,
                 limiter=self.connections,

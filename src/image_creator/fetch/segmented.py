@@ -66,6 +66,9 @@ TIMEOUT: tuple[float, float] = (15.0, 60.0)
 # how often the coordinating thread looks for progress, failures and free connection slots
 _TICK = 0.1
 
+# how a request failed: worth a retry, stalled, no connection at all, or refused for good
+_RETRY, _STALLED, _UNREACHABLE, _REFUSED = "retry", "stalled", "unreachable", "refused"
+
 Consume = Callable[[bytes], None]
 Sleep = Callable[[float], None]
 
@@ -528,12 +531,18 @@ class _Download:
             if outcome is None:
                 failures = stalls = 0
                 continue
-            reason, stalled, permanent = outcome
-            if stalled:
+            reason, kind = outcome
+            if kind in (_UNREACHABLE, _REFUSED) and self._others(source, segment):
+                self._health.drop(source.host, reason)  # the others take over at once
+                failures = stalls = 0
+                continue
+            if kind is _REFUSED:
+                raise SourceError(f"{source.url}: {reason}")
+            if kind is _STALLED:
                 stalls += 1
             else:
                 failures += 1
-            if permanent or failures > self._retries or stalls > STALLS:
+            if failures > self._retries or stalls > STALLS:
                 self._give_up_on(source, segment, reason)
                 failures = stalls = 0
                 continue
@@ -543,14 +552,16 @@ class _Download:
             )
             self._pause(delay)
 
-    def _give_up_on(self, source: Source, segment: _Segment, reason: str) -> None:
-        """A source that keeps failing: dropped if others remain, else the download fails."""
-        others = [
+    def _others(self, source: Source, segment: _Segment) -> list[Source]:
+        return [
             s
             for s in self._sources
             if s.host != source.host and self._health.usable(s.host) and s.host not in segment.avoid
         ]
-        if not others:
+
+    def _give_up_on(self, source: Source, segment: _Segment, reason: str) -> None:
+        """A source that keeps failing: dropped if others remain, else the download fails."""
+        if not self._others(source, segment):
             raise SourceError(
                 f"{source.url}: {reason} at byte {segment.start}",
                 hint="the server or the network keeps failing; try again later",
@@ -568,9 +579,9 @@ class _Download:
             if self._cancelled is not None and self._cancelled.is_set():
                 raise Interrupted("cancelled")
 
-    def _transfer(self, segment: _Segment, source: Source) -> tuple[str, bool, bool] | None:
+    def _transfer(self, segment: _Segment, source: Source) -> tuple[str, str] | None:
         """One request for the rest of ``segment``: None once it is complete, else why it
-        ended (reason, stalled, permanent)."""
+        ended and what kind of failure it is (_RETRY, _STALLED, _UNREACHABLE, _REFUSED)."""
         headers = {"Accept-Encoding": "identity"}
         with self._lock:
             whole_file = segment.begin == 0 and segment.start == 0 and not self._state.ranged
@@ -587,7 +598,9 @@ class _Download:
                         source.url, headers=headers, stream=True, timeout=self._timeout
                     )
                 except _NETWORK_ERRORS as exc:
-                    return self._ended(watch, f"{type(exc).__name__}: {exc}")
+                    # no connection at all: a mirror that is down, not one having a hiccup
+                    unreachable = isinstance(exc, requests.ConnectionError)
+                    return self._ended(watch, _describe(exc), unreachable=unreachable)
                 watch.register_response(response)
                 with response:
                     problem = self._check(response, segment, source, whole_file)
@@ -604,17 +617,17 @@ class _Download:
                 with self._lock:
                     self._watches.discard(watch)
 
-    def _ended(self, watch: Watch, reason: str) -> tuple[str, bool, bool]:
+    def _ended(self, watch: Watch, reason: str, *, unreachable: bool = False) -> tuple[str, str]:
         cut = watch.reason
         if cut is not None and cut is not Cut.STALLED:
             raise Interrupted("cancelled")
         if watch.take_stall():
-            return "stalled", True, False
-        return reason, False, False
+            return "stalled", _STALLED
+        return reason, _UNREACHABLE if unreachable else _RETRY
 
     def _check(
         self, response: requests.Response, segment: _Segment, source: Source, whole_file: bool
-    ) -> tuple[str, bool, bool] | None:
+    ) -> tuple[str, str] | None:
         status = response.status_code
         if status == 206:
             first, total = _content_range(response.headers.get("Content-Range", ""))
@@ -622,8 +635,7 @@ class _Download:
                 return (
                     f"answered bytes from {first} of {total}, asked from {segment.start} of "
                     f"{self._size}",
-                    False,
-                    True,
+                    _REFUSED,
                 )
             if source.etag and _opaque(response.headers.get("ETag")) not in (
                 None,
@@ -642,14 +654,14 @@ class _Download:
             if whole_file and length.isdigit() and int(length) == self._size:
                 self._take_whole(segment)
                 return None
-            return "ignored the Range request", False, True
+            return "ignored the Range request", _REFUSED
         if status == 412:
             raise SourceError(
                 f"{source.url}: the file changed on the server (HTTP 412 to If-Match)",
                 hint="the file changed on the server since it was checked; run the build again",
             )
-        permanent = status in (400, 401, 403, 404, 405, 410, 416, 501)
-        return f"HTTP {status}", False, permanent
+        refused = status in (400, 401, 403, 404, 405, 410, 416, 501)
+        return f"HTTP {status}", _REFUSED if refused else _RETRY
 
     def _take_whole(self, segment: _Segment) -> None:
         """The server sent the whole file for the first request: it all comes on this one
@@ -698,6 +710,15 @@ class _Download:
                     segment.reserved = 0
                     self._changed.notify_all()
             self._on_progress(count)
+
+
+def _describe(exc: BaseException) -> str:
+    """The innermost reason of a requests/urllib3 error, short."""
+    cause: BaseException = exc
+    while cause.__context__ is not None and cause.__context__ is not cause:
+        cause = cause.__context__
+    text = str(cause) or type(cause).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _content_range(value: str) -> tuple[int | None, int | None]:
