@@ -16,7 +16,8 @@ curl do not). Scenarios:
 - multi: ``--files`` files of ``--files-size-mib`` at once, per-connection cap: ours
   (``-T 20``: 4 files x 5 connections) vs ``aria2c -j4 -s5 -x5``;
 - mirrors: one ``--mirror-size-mib`` file on two mirrors, each capped per host: ours over
-  both vs ours over one (and aria2c given both URLs, for reference);
+  both (the first names the second in ``m.bin.meta4``, as MirrorBrain does) vs ours from a
+  third with no metalink (and aria2c given both URLs, for reference);
 - uncapped: one ``--size-mib`` file, no cap: ours segmented vs ours on one connection
   (today's path) vs aria2c and curl.
 
@@ -40,10 +41,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
-
 from image_creator.cache.downloads import Downloads
-from image_creator.fetch import http, segmented
+from image_creator.fetch import http
 from image_creator.fetch.checksums import HashingReader, new_hasher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +102,8 @@ class Mirror:
 
 def client(urls: Sequence[str], out: Path, *, connections: int, mode: str) -> None:
     """Download ``urls`` (several at once) into ``out`` the way a build places plain files:
-    segmented (mode ``seg``), or one stream each (``single``); ``mirrors``: every URL is the
-    same file, fetched in segments over all of them. Prints each file's sha256."""
+    segmented (mode ``seg``: over the mirrors the source names too), or one stream each
+    (``single``). Prints each file's sha256."""
     limiter = threading.BoundedSemaphore(connections)
     downloads = Downloads(connections=limiter)
 
@@ -122,26 +121,6 @@ def client(urls: Sequence[str], out: Path, *, connections: int, mode: str) -> No
                         file.write(chunk)
         return hasher.hexdigest()
 
-    if mode == "mirrors":
-        size = http.probe(urls[0]).size
-        assert size is not None
-        hasher = new_hasher("sha-256")
-        target = out / urls[0].rsplit("/", 1)[1]
-        fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            with requests.Session() as session:
-                segmented.fetch_segmented(
-                    fd,
-                    size,
-                    [segmented.Source(url) for url in urls],
-                    session=session,
-                    consume=hasher.update,
-                    limiter=limiter,
-                )
-        finally:
-            os.close(fd)
-        print(hasher.hexdigest())
-        return
     with ThreadPoolExecutor(max_workers=len(urls)) as pool:
         for digest in pool.map(one, urls):
             print(digest)
@@ -363,8 +342,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             shared.mkdir()
             digest = make_file(shared / "m.bin", args.mirror_size_mib * MIB)
             host_cap = args.host_cap_mib * MIB
-            first = Mirror(shared, host_cap=host_cap)
             second = Mirror(shared, host_cap=host_cap)
+            one = Mirror(shared, host_cap=host_cap)  # the same file, with no metalink
+            # the first names the second in a metalink, as MirrorBrain does
+            (shared / "m.bin.meta4").write_text(
+                '<?xml version="1.0" encoding="UTF-8"?>'
+                '<metalink xmlns="urn:ietf:params:xml:ns:metalink"><file name="m.bin">'
+                f'<size>{args.mirror_size_mib * MIB}</size><hash type="sha-256">{digest}</hash>'
+                f'<url priority="1">{second.url("m.bin")}</url></file></metalink>'
+            )
+            first = Mirror(shared, host_cap=host_cap)
             try:
                 urls = [first.url("m.bin"), second.url("m.bin")]
                 print(
@@ -372,8 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 times = best_of(
                     {
-                        "ours, one mirror": (ours(urls[:1], connections=5, mode="seg"), repeat),
-                        "ours, two mirrors": (ours(urls, connections=5, mode="mirrors"), repeat),
+                        "ours, one mirror": (
+                            ours([one.url("m.bin")], connections=5, mode="seg"),
+                            repeat,
+                        ),
+                        "ours, two mirrors": (ours(urls[:1], connections=5, mode="seg"), repeat),
                         "aria2c -s5 -x5, two mirrors": (
                             aria2c(urls, "-s5", "-x5", mirrors=True),
                             repeat,
@@ -385,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             finally:
                 first.stop()
                 second.stop()
+                one.stop()
             shutil.rmtree(shared)
             print(f"\n## one file on two mirrors, {args.host_cap_mib} MiB/s per host")
             for name, seconds in times.items():
