@@ -44,6 +44,7 @@ from image_creator.config.units import CHUNK
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch.checksums import new_hasher
 from image_creator.fetch.watch import Cut, Watch
+from image_creator.system import signals
 from image_creator.ui.base import ProgressCallback, no_progress
 
 logger = logging.getLogger(__name__)
@@ -274,6 +275,8 @@ class _Download:
 
     def run(self) -> Outcome:
         preallocate(self._fd, self._size)
+        if not self._size:
+            return Outcome(size=0, connections=0, requests=0, bytes_from={})
         self._acquire_first()
         try:
             self._start_worker()
@@ -301,7 +304,7 @@ class _Download:
             self._raise_if_cancelled()
 
     def _raise_if_cancelled(self) -> None:
-        if self._cancelled is not None and self._cancelled.is_set():
+        if (self._cancelled is not None and self._cancelled.is_set()) or signals.interrupted():
             raise Interrupted("cancelled")
 
     def _start_worker(self) -> None:
@@ -576,8 +579,7 @@ class _Download:
         while (left := deadline - time.monotonic()) > 0:
             if self._stop.wait(min(left, _TICK)):
                 return
-            if self._cancelled is not None and self._cancelled.is_set():
-                raise Interrupted("cancelled")
+            self._raise_if_cancelled()
 
     def _transfer(self, segment: _Segment, source: Source) -> tuple[str, str] | None:
         """One request for the rest of ``segment``: None once it is complete, else why it
