@@ -286,3 +286,42 @@ def socket_nobody_listens_on() -> Iterator[int]:
     with socket.socket() as bound:
         bound.bind(("127.0.0.1", 0))
         yield int(bound.getsockname()[1])
+
+
+class InMemory:
+    """A RandomAccess other than a file descriptor (as a rootless build's sink may be)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.reserved: list[int] = []
+
+    def reserve(self, size: int) -> None:
+        self.reserved.append(size)
+        self.data = bytearray(size)
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        self.data[offset : offset + len(data)] = data
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return bytes(self.data[offset : offset + size])
+
+
+def test_any_random_access_target_will_do(http_server: HttpServer) -> None:
+    url = http_server.add("/big.zim", PAYLOAD)
+    http_server.fault("/big.zim", slow=2 * MIB)
+    target = InMemory()
+    digest = hashlib.sha256()
+    with requests.Session() as session:
+        outcome = fetch_segmented(
+            target,
+            len(PAYLOAD),
+            [Source(url)],
+            session=session,
+            consume=digest.update,
+            min_segment=SMALL["min_segment"],
+            min_steal=SMALL["min_steal"],
+        )
+    assert target.reserved == [len(PAYLOAD)]
+    assert bytes(target.data) == PAYLOAD
+    assert digest.hexdigest() == PAYLOAD_SHA256
+    assert outcome.connections >= 2

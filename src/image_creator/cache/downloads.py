@@ -31,6 +31,7 @@ from image_creator.fetch.segmented import (
     ConnectionLimiter,
     MirrorHealth,
     Outcome,
+    RandomAccess,
     Source,
     Transfer,
 )
@@ -134,9 +135,10 @@ class SegmentedFile:
         self._on_progress = on_progress
         self.outcome: Outcome | None = None
 
-    def into(self, path: Path, *hashers: Hasher) -> int:
-        """Fetch the whole file into ``path`` (created: it must not exist), every byte also
-        going, in order, through ``hashers`` and into the cache entry; its size.
+    def into(self, destination: Path | RandomAccess, *hashers: Hasher) -> int:
+        """Fetch the whole file into ``destination`` (a path, created: it must not exist;
+        or a file written at offsets), every byte also going, in order, through
+        ``hashers`` and into the cache entry; its size.
 
         Mirrors named by the source (see fetch/metalink.py) share the segments; the
         metalink's digest is then verified too (ChecksumMismatchError), and its piece
@@ -157,10 +159,16 @@ class SegmentedFile:
                 if writer is not None:
                     writer.write(data)
 
-            handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
+            with contextlib.ExitStack() as closing:
+                if isinstance(destination, Path):
+                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                    handle = os.open(destination, flags, 0o644)
+                    closing.callback(os.close, handle)
+                    target: int | RandomAccess = handle
+                else:
+                    target = destination
                 self.outcome = segmented.fetch_segmented(
-                    handle,
+                    target,
                     self.size,
                     sources,
                     session=session,
@@ -173,8 +181,6 @@ class SegmentedFile:
                     min_segment=segmented.MIN_SEGMENT,
                     min_steal=segmented.MIN_STEAL,
                 )
-            finally:
-                os.close(handle)
         if strongest is not None:
             verify_digest(checks[0], strongest[1], source=f"{self.url} (its metalink)")
         if writer is not None:

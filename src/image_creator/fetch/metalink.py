@@ -271,13 +271,16 @@ def _read_metalink(session: requests.Session, url: str, *, name: str) -> Metalin
                 logger.debug("%s: HTTP %d: no metalink", url, answer.status_code)
                 return None
             data = b"".join(_limited(answer.iter_content(64 * 1024), METALINK_LIMIT + 1))
+            media_type = answer.headers.get("Content-Type", "").split(";")[0].strip().lower()
     except (requests.RequestException, OSError) as exc:
         logger.debug("%s: no metalink (%s)", url, exc)
         return None
     try:
         return parse_metalink(data, base_url=url, name=name)
     except MetalinkError as exc:
-        logger.warning("%s: %s: ignored", url, exc)
+        # a server answering any path with a page is no news; a broken metalink is
+        looks_like_one = media_type == MEDIA_TYPE or data.lstrip().startswith(b"<?xml")
+        (logger.warning if looks_like_one else logger.debug)("%s: %s: ignored", url, exc)
         return None
 
 

@@ -170,6 +170,36 @@ def plan_segments(size: int, connections: int, min_segment: int) -> list[tuple[i
     return [(begin, min(size, begin + step)) for begin in range(0, size, step)] or [(0, 0)]
 
 
+class RandomAccess(Protocol):
+    """Where a segmented download is written: at offsets, and read back in order."""
+
+    def reserve(self, size: int) -> None:
+        """Give the file ``size`` bytes, their room reserved."""
+        ...
+
+    def write_at(self, offset: int, data: memoryview) -> None: ...
+
+    def read_at(self, offset: int, size: int) -> bytes: ...
+
+
+class FileAt:
+    """A file descriptor as RandomAccess (``pwrite``, ``pread``, ``posix_fallocate``)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def reserve(self, size: int) -> None:
+        preallocate(self.fd, size)
+
+    def write_at(self, offset: int, data: memoryview) -> None:
+        while data:
+            done = os.pwrite(self.fd, data, offset)
+            data, offset = data[done:], offset + done
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+
 def preallocate(fd: int, size: int) -> None:
     """Reserve the file's room now (contiguous on ext4), and give it its final length."""
     if size:
@@ -221,7 +251,7 @@ class _State:
 class _Download:
     def __init__(
         self,
-        fd: int,
+        target: int | RandomAccess,
         size: int,
         sources: Sequence[Source],
         *,
@@ -240,7 +270,7 @@ class _Download:
         timeout: float | tuple[float, float],
         sleep: Sleep | None,
     ) -> None:
-        self._fd = fd
+        self._file = FileAt(target) if isinstance(target, int) else target
         self._size = size
         self._sources = list(sources)
         self._session = session
@@ -274,7 +304,7 @@ class _Download:
     # the coordinating thread ---------------------------------------------------------------
 
     def run(self) -> Outcome:
-        preallocate(self._fd, self._size)
+        self._file.reserve(self._size)
         if not self._size:
             return Outcome(size=0, connections=0, requests=0, bytes_from={})
         self._acquire_first()
@@ -411,7 +441,7 @@ class _Download:
     def _read_back(self, begin: int, end: int, consume: Consume) -> None:
         position = begin
         while position < end:
-            data = os.pread(self._fd, min(CHUNK, end - position), position)
+            data = self._file.read_at(position, min(CHUNK, end - position))
             if not data:
                 raise SourceError("the downloaded file shrank while it was written")
             consume(data)
@@ -696,10 +726,7 @@ class _Download:
                 segment.reserved = count
                 at = segment.start
             try:
-                view = memoryview(chunk)[:count]
-                while view:
-                    done = os.pwrite(self._fd, view, at)
-                    view, at = view[done:], at + done
+                self._file.write_at(at, memoryview(chunk)[:count])
             finally:
                 with self._lock:
                     state = self._state
@@ -737,7 +764,7 @@ def _opaque(etag: str | None) -> str | None:
 
 
 def fetch_segmented(
-    fd: int,
+    target: int | RandomAccess,
     size: int,
     sources: Sequence[Source],
     *,
@@ -756,8 +783,9 @@ def fetch_segmented(
     timeout: float | tuple[float, float] = TIMEOUT,
     sleep: Sleep | None = None,
 ) -> Outcome:
-    """Fetch ``size`` bytes from ``sources`` (the same file; best ranked first) into ``fd``
-    (open for reading and writing), over up to ``max_connections`` connections.
+    """Fetch ``size`` bytes from ``sources`` (the same file; best ranked first) into
+    ``target`` (a file descriptor open for reading and writing, or any RandomAccess), over
+    up to ``max_connections`` connections.
 
     ``consume`` gets every byte once, in file order, as the written prefix grows (a digest, a
     cache copy): when this returns, it has had the whole file. With ``pieces``, each piece is
@@ -770,7 +798,7 @@ def fetch_segmented(
     if not sources:
         raise ValueError("no source to fetch from")
     return _Download(
-        fd,
+        target,
         size,
         sources,
         session=session,
