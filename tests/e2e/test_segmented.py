@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
+from image_creator.fetch import watch
 from image_creator.fetch.segmented import (
     MirrorHealth,
     Outcome,
@@ -325,3 +326,21 @@ def test_any_random_access_target_will_do(http_server: HttpServer) -> None:
     assert bytes(target.data) == PAYLOAD
     assert digest.hexdigest() == PAYLOAD_SHA256
     assert outcome.connections >= 2
+
+
+def test_a_stalled_connection_is_cut_and_its_segment_finished_by_others(
+    http_server: HttpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch, "STALL_WINDOW", 0.6)
+    monkeypatch.setattr(watch, "WATCH_INTERVAL", 0.05)
+    url = http_server.add("/big.zim", PAYLOAD)
+    # the first connection sends 100 KiB of its segment, then nothing for a minute
+    http_server.fault("/big.zim", stall=60.0, stall_after=100 * KIB, times=1)
+    target = tmp_path / "big.zim"
+    _, digest, _ = fetch_into(target, [Source(url)], sleep=no_sleep, **SMALL)
+
+    assert target.read_bytes() == PAYLOAD
+    assert digest == PAYLOAD_SHA256
+    [hangup] = http_server.hangups_for("/big.zim")
+    assert hangup.fault == "stall"
+    assert hangup.left > 30  # cut long before the server would have gone on
