@@ -344,3 +344,16 @@ def test_a_stalled_connection_is_cut_and_its_segment_finished_by_others(
     [hangup] = http_server.hangups_for("/big.zim")
     assert hangup.fault == "stall"
     assert hangup.left > 30  # cut long before the server would have gone on
+
+
+def test_the_run_limiter_bounds_the_connections(http_server: HttpServer, tmp_path: Path) -> None:
+    url = http_server.add("/big.zim", PAYLOAD)
+    http_server.fault("/big.zim", slow=2 * MIB)
+    limiter = threading.BoundedSemaphore(2)
+    outcome, digest, _ = fetch_into(
+        tmp_path / "big.zim", [Source(url)], limiter=limiter, max_connections=5, **SMALL
+    )
+    assert digest == PAYLOAD_SHA256
+    assert outcome.connections == 2
+    # every slot was given back
+    assert limiter.acquire(blocking=False) and limiter.acquire(blocking=False)

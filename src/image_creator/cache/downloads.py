@@ -35,6 +35,7 @@ from image_creator.fetch.segmented import (
     Source,
     Transfer,
 )
+from image_creator.system import signals
 from image_creator.ui.base import ProgressCallback, no_progress
 
 
@@ -279,7 +280,7 @@ class Downloads:
             if split:
                 yield from in_segments(None)
                 return
-            with stream() as opened:
+            with self._connection(url, cancelled), stream() as opened:
                 yield Fetched(stream=opened, url=url)
             return
         with self.cache.slot(
@@ -303,13 +304,29 @@ class Downloads:
             if split:
                 yield from in_segments(slot.writer)
                 return
-            with stream() as opened:
+            with self._connection(url, cancelled), stream() as opened:
                 if slot.writer is None:
                     yield Fetched(stream=opened, url=url)
                     return
                 tee = _Tee(opened, slot.writer)
                 yield Fetched(stream=tee, _writer=slot.writer, url=url)
                 slot.writer.complete = tee.at_end
+
+    @contextlib.contextmanager
+    def _connection(self, url: str, cancelled: threading.Event | None) -> Iterator[None]:
+        """One of the run's connection slots, held while a source streams (-T bounds every
+        connection of the files step; a segmented download takes its own)."""
+        limiter = self.connections
+        if limiter is None or not is_cacheable_url(url):
+            yield
+            return
+        while not limiter.acquire(timeout=0.25):
+            if (cancelled is not None and cancelled.is_set()) or signals.interrupted():
+                raise Interrupted("cancelled")
+        try:
+            yield
+        finally:
+            limiter.release()
 
     @contextlib.contextmanager
     def image_tar(self, ident: str, key: str, *, version: str, size: int) -> Iterator[ImageTarSlot]:
