@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
-from image_creator.fetch import watch
+from image_creator.fetch import segmented, watch
 from image_creator.fetch.segmented import (
     MirrorHealth,
     Outcome,
@@ -357,3 +357,31 @@ def test_the_run_limiter_bounds_the_connections(http_server: HttpServer, tmp_pat
     assert outcome.connections == 2
     # every slot was given back
     assert limiter.acquire(blocking=False) and limiter.acquire(blocking=False)
+
+
+def test_a_crawling_mirror_is_dropped_and_its_segments_move(
+    http_server: HttpServer,
+    second_server: HttpServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(segmented, "CRAWL_OBSERVED", 1.0)
+    fast = http_server.add("/big.zim", PAYLOAD)
+    slow = second_server.add("/big.zim", PAYLOAD)
+    http_server.fault("/big.zim", slow=2 * MIB)
+    second_server.fault("/big.zim", slow=32 * KIB)  # 64 times slower per connection
+    health = MirrorHealth()
+    target = tmp_path / "big.zim"
+    outcome, digest, _ = fetch_into(
+        target, [Source(fast), Source(slow)], health=health, sleep=no_sleep, **SMALL
+    )
+
+    assert target.read_bytes() == PAYLOAD
+    assert digest == PAYLOAD_SHA256
+    [(host, reason)] = health.dropped.items()
+    assert host == f"127.0.0.1:{second_server.port}"
+    assert reason.startswith("crawls")
+    assert outcome.bytes_from.get(slow, 0) < 512 * KIB
+    # its connections were cut before they sent what they were asked for
+    asked = sum(record.body_length for record in second_server.content_gets("/big.zim"))
+    assert asked > outcome.bytes_from.get(slow, 0)

@@ -59,6 +59,10 @@ MIN_SEGMENT = 20 * 1024 * 1024
 # A running segment is split for an idle connection only while both halves would be at
 # least this large: below it, the new request costs about what it saves.
 MIN_STEAL = 4 * 1024 * 1024
+# A mirror whose connections deliver less than 1/CRAWL_FACTOR of the best one's, measured
+# over CRAWL_OBSERVED seconds of its connections, crawls: dropped, its segments move.
+CRAWL_FACTOR = 8
+CRAWL_OBSERVED = 5.0
 RETRIES = 5  # consecutive failures of a segment on one mirror before it is dropped
 STALLS = 2  # stalls a segment survives on one mirror
 BACKOFF = 1.0
@@ -240,6 +244,9 @@ class _State:
     writes: list[_Write] = field(default_factory=list)
     bytes_from: dict[str, int] = field(default_factory=dict)
     busy: dict[str, int] = field(default_factory=dict)  # connections per host now
+    # bytes per host, and seconds its connections spent delivering them
+    host_bytes: dict[str, int] = field(default_factory=dict)
+    host_time: dict[str, float] = field(default_factory=dict)
     requests: int = 0
     active: int = 0
     most_active: int = 0
@@ -297,7 +304,7 @@ class _Download:
             ],
         )
         self._threads: list[threading.Thread] = []
-        self._watches: set[Watch] = set()
+        self._watches: dict[Watch, str] = {}  # the host of each running transfer
         self._refetched = 0
         self._piece_attempts: dict[int, int] = {}
 
@@ -348,8 +355,34 @@ class _Download:
         self._threads.append(thread)
         thread.start()
 
+    def _drop_crawlers(self) -> None:
+        """Drop a mirror far slower than the best one, and move its segments at once."""
+        with self._lock:
+            state = self._state
+            rates = {
+                host: state.host_bytes.get(host, 0) / seconds
+                for host, seconds in state.host_time.items()
+                if seconds >= CRAWL_OBSERVED and self._health.usable(host)
+            }
+        if len(rates) < 2:
+            return
+        best = max(rates.values())
+        for host, rate in rates.items():
+            if rate * CRAWL_FACTOR >= best:
+                continue
+            reason = (
+                f"crawls ({rate / 1024:.0f} KiB/s per connection, "
+                f"the best mirror {best / 1024:.0f} KiB/s)"
+            )
+            if self._health.drop(host, reason):
+                with self._lock:
+                    watches = [w for w, on in self._watches.items() if on == host]
+                for watch in watches:
+                    watch.cut(Cut.STALLED)  # its segment goes on elsewhere
+
     def _start_more(self) -> None:
         """Another connection when there is work for it and the run has a slot free."""
+        self._drop_crawlers()
         while True:
             with self._lock:
                 state = self._state
@@ -565,6 +598,9 @@ class _Download:
                 failures = stalls = 0
                 continue
             reason, kind = outcome
+            if not self._health.usable(source.host) and self._others(source, segment):
+                failures = stalls = 0  # dropped meanwhile (a bad piece, a crawl): go elsewhere
+                continue
             if kind in (_UNREACHABLE, _REFUSED) and self._others(source, segment):
                 self._health.drop(source.host, reason)  # the others take over at once
                 failures = stalls = 0
@@ -622,7 +658,7 @@ class _Download:
             headers["If-Match"] = source.etag
         with Watch(cancelled=self._cancelled) as watch:
             with self._lock:
-                self._watches.add(watch)
+                self._watches[watch] = source.host
             try:
                 watch.arm()
                 try:
@@ -647,7 +683,7 @@ class _Download:
                 return None
             finally:
                 with self._lock:
-                    self._watches.discard(watch)
+                    self._watches.pop(watch, None)
 
     def _ended(self, watch: Watch, reason: str, *, unreachable: bool = False) -> tuple[str, str]:
         cut = watch.reason
@@ -712,6 +748,7 @@ class _Download:
         (before the prefix moves on: a piece is checked as soon as it is complete)."""
         raw = response.raw
         written: _Write | None = None
+        last = time.monotonic()
         while not self._stop.is_set():
             with self._lock:
                 wanted = min(CHUNK, segment.left)
@@ -735,6 +772,11 @@ class _Download:
                         state.writes.append(written)
                     written.end += count
                     state.bytes_from[source.url] = state.bytes_from.get(source.url, 0) + count
+                    now = time.monotonic()
+                    host = source.host
+                    state.host_bytes[host] = state.host_bytes.get(host, 0) + count
+                    state.host_time[host] = state.host_time.get(host, 0.0) + now - last
+                    last = now
                     segment.start += count
                     segment.reserved = 0
                     self._changed.notify_all()
