@@ -67,7 +67,7 @@ def _run(
         reporter=reporter,
         stack=stack,
         timeline=timeline,
-        # -T bounds the connections of the whole run, a file's segments included
+        # -T bounds the connections of the files step, a file's segments included
         downloads=Downloads(cache, connections=threading.BoundedSemaphore(options.concurrency)),
         cache=cache,
     )

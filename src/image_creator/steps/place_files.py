@@ -125,7 +125,7 @@ def _place(
             assert fetched.cached_path is not None
             with staged(target) as staging:
                 copy_file(fetched.cached_path, staging)
-            return PlacedFile(target.stat().st_size, from_cache=True)
+            return PlacedFile(target.stat().st_size, from_cache=True, transfer=fetched.transfer(0))
         hashers: list[Hasher] = []
         if entry.checksum is not None:
             hashers.append(new_hasher(entry.checksum.algo))
