@@ -11,6 +11,8 @@ packages=(
   python3 python3-venv python3-pip
   # the tests: a real OCI registry over TLS, skopeo to push and verify images, archives
   docker-registry skopeo openssl bzip2 zip
+  # the download tests and benchmarks: aria2c and curl to compare with
+  aria2 curl
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -125,16 +125,22 @@ def build(ctx: Context, plan: Plan, built: Built) -> None:
                 with ctx.timeline.step("Writing files"):
                     files = inventory.files
                     order = placement_rounds([(f.entry.to, f.entry.via.is_archive) for f in files])
-                    built.files = run_in_rounds(
-                        [
-                            functools.partial(
-                                place_file, source, root, downloads=ctx.downloads, reporter=reporter
-                            )
-                            for source in files
-                        ],
-                        order,
-                        workers=options.concurrency,
-                    )
+                    everything = sum(f.download_size or 0 for f in files) or None
+                    with reporter.overall("all files", everything):
+                        built.files = run_in_rounds(
+                            [
+                                functools.partial(
+                                    place_file,
+                                    source,
+                                    root,
+                                    downloads=ctx.downloads,
+                                    reporter=reporter,
+                                )
+                                for source in files
+                            ],
+                            order,
+                            workers=options.concurrency,
+                        )
             if config.write_config:
                 write_image_config(root, config.raw)
 

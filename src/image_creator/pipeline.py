@@ -6,6 +6,7 @@ config's digest, the plan, what the build did, the error and the steps' timings.
 
 from __future__ import annotations
 
+import threading
 from contextlib import ExitStack
 
 from image_creator.build import build
@@ -66,7 +67,8 @@ def _run(
         reporter=reporter,
         stack=stack,
         timeline=timeline,
-        downloads=Downloads(cache),
+        # -T bounds the connections of the files step, a file's segments included
+        downloads=Downloads(cache, connections=threading.BoundedSemaphore(options.concurrency)),
         cache=cache,
     )
     outcome.plan = check(ctx)

@@ -16,6 +16,7 @@ from image_creator.cache.eviction import Eviction, Incoming
 from image_creator.config.model import BaseImage, Checksum, FileEntry, OciImage
 from image_creator.fetch.archives import ExtractResult
 from image_creator.fetch.http import RemoteInfo
+from image_creator.fetch.segmented import Transfer
 from image_creator.system.partitions import PartitionTable
 
 
@@ -112,6 +113,7 @@ class PlacedFile:
     from_cache: bool
     junk_skipped: int = 0  # archive members left out as junk (__MACOSX/, .DS_Store, ...)
     junk_kinds: tuple[str, ...] = ()  # which junk: "__MACOSX", ".DS_Store", "._*", ...
+    transfer: Transfer | None = None  # how a plain file came: connections, bytes per URL
 
     @staticmethod
     def extracted(result: ExtractResult, from_cache: bool) -> PlacedFile:

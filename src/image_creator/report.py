@@ -13,6 +13,7 @@ from typing import Any
 from image_creator.__about__ import __version__
 from image_creator.config.model import OCI_PLATFORM, Download, Export, Pull
 from image_creator.errors import ImageCreatorError, exit_code_for
+from image_creator.fetch.segmented import Transfer
 from image_creator.localfile import write_atomically
 from image_creator.options import Mode, Options
 from image_creator.plan import Built, Plan, SizePlan
@@ -112,9 +113,21 @@ def _files(plan: Plan | None, built: Built) -> list[dict[str, Any]]:
                 "junk_skipped": done.junk_skipped if done else None,
                 "checksum": _checksum(entry.checksum is not None, done is not None),
                 "from_cache": done.from_cache if done else None,
+                **_how_it_came(done.transfer if done else None),
             }
         )
     return documents
+
+
+def _how_it_came(transfer: Transfer | None) -> dict[str, Any]:
+    """How a plain file came: connections at most at once (0 from the cache), and the
+    bytes each URL (the source's, or a mirror's) sent; null for archives and content."""
+    if transfer is None:
+        return {"connections": None, "mirrors": None}
+    return {
+        "connections": transfer.connections,
+        "mirrors": [{"url": url, "bytes": count} for url, count in transfer.bytes_from.items()],
+    }
 
 
 def _sizes(sizes: SizePlan | None) -> dict[str, Any] | None:

@@ -77,6 +77,8 @@ class Fault:
     short_by: int = 0
     change_after_probe: bytes | None = None
     silent: float | None = None
+    corrupt: tuple[int, int] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,9 @@ class HttpServer:
         self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
+        self._host_rate: int | None = None
+        self._host_sent = 0.0
+        self._host_clock = time.monotonic()
 
     # lifecycle
 
@@ -275,6 +280,8 @@ class HttpServer:
         short_by: int = 0,
         change_after_probe: bytes | None = None,
         silent: float | None = None,
+        corrupt: tuple[int, int] | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Make ``path`` misbehave (replacing its previous fault).
 
@@ -297,6 +304,9 @@ class HttpServer:
         change_after_probe: once a HEAD was answered, serve these bytes instead (another
             ETag, a later Last-Modified), as if the file changed after a check.
         silent: answer nothing, not even a status line, for ``silent`` seconds (then as usual).
+        corrupt: serve other bytes (each one inverted) in ``[first, end)`` of the content, as
+            a mirror holding another file would (same length, same validators).
+        headers: more headers on every answer of ``path`` (``Link: <...>; rel=duplicate``).
         """
         new = Fault(
             status=status,
@@ -316,6 +326,8 @@ class HttpServer:
             short_by=short_by,
             change_after_probe=change_after_probe,
             silent=silent,
+            corrupt=corrupt,
+            headers=headers,
         )
         with self._lock:
             self._faults[_normalize(path)] = new
@@ -326,6 +338,29 @@ class HttpServer:
                 self._faults.clear()
             else:
                 self._faults.pop(_normalize(path), None)
+
+    def cap_host(self, rate: int | None) -> None:
+        """Send at most ``rate`` body bytes per second in all, whatever the number of
+        connections (a mirror's uplink); None lifts the cap."""
+        with self._lock:
+            self._host_rate = rate
+            self._host_sent = 0.0
+            self._host_clock = time.monotonic()
+
+    def _throttle(self, count: int) -> None:
+        """Wait until the host cap lets ``count`` more bytes out (a shared token bucket)."""
+        with self._lock:
+            rate = self._host_rate
+            if rate is None:
+                return
+            now = time.monotonic()
+            # the bucket refills at ``rate``, holding at most a tenth of a second of bytes
+            self._host_sent = max(0.0, self._host_sent - (now - self._host_clock) * rate)
+            self._host_clock = now
+            self._host_sent += count
+            wait = (self._host_sent - rate / 10) / rate
+        if wait > 0:
+            time.sleep(wait)
 
     # log
 
@@ -471,7 +506,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.owner._changed_after_probe(path, fault.change_after_probe)
         endless = fault.longer_than_announced and not head and plan.resource is not None
         self.send_response(plan.status)
-        for name, value in plan.headers:
+        for name, value in (*plan.headers, *fault.headers):
             self.send_header(name, value)
         if endless:
             self.send_header("Connection", "close")
@@ -494,7 +529,9 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.drip is not None:
                 self._drip(path, plan, send, fault)
                 return
-            self._send_body(plan, send, fault.slow, skip=_stalled_part(plan, fault))
+            self._send_body(
+                plan, send, fault.slow, skip=_stalled_part(plan, fault), corrupt=fault.corrupt
+            )
             if endless:
                 self._send_endlessly(path)
                 return
@@ -641,12 +678,24 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(min(left, 0.05))  # the client sent something: not a hang-up
         return False
 
-    def _send_body(self, plan: _Plan, send: int, slow: int | None, *, skip: int = 0) -> None:
+    def _send_body(
+        self,
+        plan: _Plan,
+        send: int,
+        slow: int | None,
+        *,
+        skip: int = 0,
+        corrupt: tuple[int, int] | None = None,
+    ) -> None:
         chunk_size = CHUNK_SIZE if slow is None else max(1, slow // 20)
         chunks = _plan_chunks(plan, send, chunk_size, skip=skip)
         started = time.monotonic()
         sent = 0
-        for chunk in chunks:
+        offset = plan.first + skip
+        for plain in chunks:
+            chunk = _corrupted(plain, offset, corrupt) if plan.resource is not None else plain
+            offset += len(chunk)
+            self.owner._throttle(len(chunk))
             self.wfile.write(chunk)
             sent += len(chunk)
             if slow is not None:
@@ -655,6 +704,18 @@ class _Handler(BaseHTTPRequestHandler):
                 if ahead > 0:
                     time.sleep(ahead)
         self.wfile.flush()
+
+
+def _corrupted(chunk: bytes, offset: int, corrupt: tuple[int, int] | None) -> bytes:
+    """``chunk`` (content from ``offset``) with the bytes inside ``corrupt`` inverted."""
+    if corrupt is None:
+        return chunk
+    first = max(corrupt[0], offset) - offset
+    last = min(corrupt[1], offset + len(chunk)) - offset
+    if first >= last:
+        return chunk
+    inverted = bytes(byte ^ 0xFF for byte in chunk[first:last])
+    return chunk[:first] + inverted + chunk[last:]
 
 
 def _stalled_part(plan: _Plan, fault: Fault) -> int:

@@ -1,14 +1,21 @@
 """Sources opened for a build: from the cache when it holds them, else from the network,
-filling the cache on the way when the policy allows it."""
+filling the cache on the way when the policy allows it.
+
+A plain file worth splitting (see fetch/segmented.py) is not streamed: its caller gets a
+``SegmentedFile`` and has it written in place over several connections. The cache entry gets
+the same bytes, in order, as the written prefix grows: exactly what a single stream would
+have given it (content, size, xxh3), with no byte fetched twice.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -16,9 +23,19 @@ from image_creator.cache.entry import EntryKind
 from image_creator.cache.store import CacheStore, CacheWriter
 from image_creator.config.model import OCI_PLATFORM
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
-from image_creator.fetch import http
+from image_creator.fetch import http, metalink, segmented
 from image_creator.fetch.archives import ReadableStream
+from image_creator.fetch.checksums import Hasher, new_hasher, verify_digest
 from image_creator.fetch.http import RemoteInfo
+from image_creator.fetch.segmented import (
+    ConnectionLimiter,
+    MirrorHealth,
+    Outcome,
+    RandomAccess,
+    Source,
+    Transfer,
+)
+from image_creator.system import signals
 from image_creator.ui.base import ProgressCallback, no_progress
 
 
@@ -71,10 +88,22 @@ class Fetched:
     stream: ReadableStream
     cached_path: Path | None = None
     _writer: CacheWriter | None = None
+    # set when the source is to be fetched in segments: ``stream`` is then not to be read
+    segmented: SegmentedFile | None = None
+    url: str = ""
 
     @property
     def from_cache(self) -> bool:
         return self.cached_path is not None
+
+    def transfer(self, written: int) -> Transfer:
+        """How the content came, once ``written`` bytes were placed."""
+        if self.from_cache:
+            return Transfer(connections=0)
+        if self.segmented is not None and self.segmented.outcome is not None:
+            outcome = self.segmented.outcome
+            return Transfer(outcome.connections, dict(outcome.bytes_from))
+        return Transfer(connections=1, bytes_from={self.url: written} if written else {})
 
     def verified(self, algo: str, digest: str) -> None:
         """Record a config checksum verified on this content, kept with a new cache entry."""
@@ -82,9 +111,117 @@ class Fetched:
             self._writer.digests[algo] = digest
 
 
+class SegmentedFile:
+    """A source to be fetched over several connections straight into its destination."""
+
+    def __init__(
+        self,
+        url: str,
+        remote: RemoteInfo,
+        *,
+        writer: CacheWriter | None,
+        limiter: ConnectionLimiter | None,
+        health: MirrorHealth,
+        cancelled: threading.Event | None,
+        on_progress: ProgressCallback,
+    ) -> None:
+        assert remote.size is not None
+        self.url = url
+        self.remote = remote
+        self.size = remote.size
+        self._writer = writer
+        self._limiter = limiter
+        self._health = health
+        self._cancelled = cancelled
+        self._on_progress = on_progress
+        self.outcome: Outcome | None = None
+
+    def into(self, destination: Path | RandomAccess, *hashers: Hasher) -> int:
+        """Fetch the whole file into ``destination`` (a path, created: it must not exist;
+        or a file written at offsets), every byte also going, in order, through
+        ``hashers`` and into the cache entry; its size.
+
+        Mirrors named by the source (see fetch/metalink.py) share the segments; the
+        metalink's digest is then verified too (ChecksumMismatchError), and its piece
+        digests as the pieces come.
+        """
+        writer = self._writer
+        # the URL the check probed (after redirects), with its validators, comes first
+        sources = [Source(self.remote.url, etag=self.remote.etag)]
+        with http.make_session() as session:
+            mirrors, found = metalink.find_mirrors(session, self.url, size=self.size)
+            sources += [Source(m.url) for m in mirrors if m.url != self.remote.url]
+            strongest = found.strongest_hash() if found is not None else None
+            checks = [new_hasher(strongest[0])] if strongest is not None else []
+
+            def consume(data: bytes) -> None:
+                for hasher in (*hashers, *checks):
+                    hasher.update(data)
+                if writer is not None:
+                    writer.write(data)
+
+            with contextlib.ExitStack() as closing:
+                if isinstance(destination, Path):
+                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                    handle = os.open(destination, flags, 0o644)
+                    closing.callback(os.close, handle)
+                    target: int | RandomAccess = handle
+                else:
+                    target = destination
+                self.outcome = segmented.fetch_segmented(
+                    target,
+                    self.size,
+                    sources,
+                    session=session,
+                    consume=consume,
+                    pieces=found.pieces if found is not None else None,
+                    limiter=self._limiter,
+                    cancelled=self._cancelled,
+                    on_progress=self._on_progress,
+                    health=self._health,
+                    min_segment=segmented.MIN_SEGMENT,
+                    min_steal=segmented.MIN_STEAL,
+                )
+        if strongest is not None:
+            verify_digest(checks[0], strongest[1], source=f"{self.url} (its metalink)")
+        if writer is not None:
+            writer.complete = True
+        return self.size
+
+
+class _Unopened:
+    """The stream of a source fetched in segments: opened only if read after all."""
+
+    def __init__(self, open_stream: Callable[[], http.RemoteStream]) -> None:
+        self._open = open_stream
+        self._stream: http.RemoteStream | None = None
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._stream is None:
+            self._stream = self._open()
+        return self._stream.read(size)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+
 @dataclass(frozen=True)
 class Downloads:
     cache: CacheStore | None = None
+    # the run's connection slots (-T), shared by segmented downloads
+    connections: ConnectionLimiter | None = None
+    mirrors: MirrorHealth = field(default_factory=MirrorHealth)
+
+    def splits(self, url: str, remote: RemoteInfo | None, size: int | None) -> bool:
+        """Whether ``url`` is fetched in segments (when not in the cache)."""
+        return (
+            remote is not None
+            and is_cacheable_url(url)
+            and remote.accepts_ranges
+            and segmented.worth_splitting(remote.size, min_segment=segmented.MIN_SEGMENT)
+            and (size is None or size == remote.size)
+        )
 
     @contextlib.contextmanager
     def open(
@@ -95,8 +232,12 @@ class Downloads:
         on_progress: ProgressCallback = no_progress,
         cancelled: threading.Event | None = None,
         size: int | None = None,
+        segmentable: bool = False,
     ) -> Iterator[Fetched]:
         """Open ``url`` for one sequential read to its end.
+
+        ``segmentable``: the caller writes a plain file, and can take a ``SegmentedFile``
+        (``Fetched.segmented``) instead of a stream for a source worth splitting.
 
         A new cache entry is committed only if the block reads the source to its end and
         ends without an error (so after the caller verified its checksum). When
@@ -116,9 +257,31 @@ class Downloads:
                 expected_size=size,
             )
 
+        split = segmentable and self.splits(url, remote, size)
+
+        def in_segments(writer: CacheWriter | None) -> Iterator[Fetched]:
+            assert remote is not None
+            file = SegmentedFile(
+                url,
+                remote,
+                writer=writer,
+                limiter=self.connections,
+                health=self.mirrors,
+                cancelled=cancelled,
+                on_progress=on_progress,
+            )
+            unopened = _Unopened(stream)
+            try:
+                yield Fetched(stream=unopened, segmented=file, _writer=writer, url=url)
+            finally:
+                unopened.close()
+
         if self.cache is None or not is_cacheable_url(url):
-            with stream() as opened:
-                yield Fetched(stream=opened)
+            if split:
+                yield from in_segments(None)
+                return
+            with self._connection(url, cancelled), stream() as opened:
+                yield Fetched(stream=opened, url=url)
             return
         with self.cache.slot(
             EntryKind.FILES,
@@ -138,13 +301,32 @@ class Downloads:
                         "the next build downloads it again"
                     ) from exc
                 return
-            with stream() as opened:
+            if split:
+                yield from in_segments(slot.writer)
+                return
+            with self._connection(url, cancelled), stream() as opened:
                 if slot.writer is None:
-                    yield Fetched(stream=opened)
+                    yield Fetched(stream=opened, url=url)
                     return
                 tee = _Tee(opened, slot.writer)
-                yield Fetched(stream=tee, _writer=slot.writer)
+                yield Fetched(stream=tee, _writer=slot.writer, url=url)
                 slot.writer.complete = tee.at_end
+
+    @contextlib.contextmanager
+    def _connection(self, url: str, cancelled: threading.Event | None) -> Iterator[None]:
+        """One of the run's connection slots, held while a source streams (-T bounds every
+        connection of the files step; a segmented download takes its own)."""
+        limiter = self.connections
+        if limiter is None or not is_cacheable_url(url):
+            yield
+            return
+        while not limiter.acquire(timeout=0.25):
+            if (cancelled is not None and cancelled.is_set()) or signals.interrupted():
+                raise Interrupted("cancelled")
+        try:
+            yield
+        finally:
+            limiter.release()
 
     @contextlib.contextmanager
     def image_tar(self, ident: str, key: str, *, version: str, size: int) -> Iterator[ImageTarSlot]:

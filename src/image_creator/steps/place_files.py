@@ -117,13 +117,14 @@ def _place(
             on_progress=advance,
             cancelled=cancelled,
             size=entry.size if entry.via is Via.DIRECT else None,
+            segmentable=entry.via is Via.DIRECT,
         ) as fetched,
     ):
         if entry.via is Via.DIRECT and _known_good(fetched, entry.checksum, expected):
             assert fetched.cached_path is not None
             with staged(target) as staging:
                 copy_file(fetched.cached_path, staging)
-            return PlacedFile(target.stat().st_size, from_cache=True)
+            return PlacedFile(target.stat().st_size, from_cache=True, transfer=fetched.transfer(0))
         hashers: list[Hasher] = []
         if entry.checksum is not None:
             hashers.append(new_hasher(entry.checksum.algo))
@@ -136,9 +137,12 @@ def _place(
 
         if entry.via is Via.DIRECT:
             with staged(target) as staging:
-                written = _copy(reader, staging)
+                if fetched.segmented is not None:  # over several connections, in place
+                    written = fetched.segmented.into(staging, *hashers)
+                else:
+                    written = _copy(reader, staging)
                 verify()
-            return PlacedFile(written, fetched.from_cache)
+            return PlacedFile(written, fetched.from_cache, transfer=fetched.transfer(written))
 
         def replaced(path: Path) -> None:
             # the config's own files are written first: an archive member replacing one wins

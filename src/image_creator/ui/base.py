@@ -27,6 +27,11 @@ class Reporter(Protocol):
         """A progress bar for long work; yields the callback to advance it by bytes."""
         ...
 
+    def overall(self, label: str, total: int | None) -> AbstractContextManager[None]:
+        """One bar over the bars opened meanwhile (several files at once): their bytes in
+        all, the speed and the time left."""
+        ...
+
 
 class NullReporter:
     """Shows nothing; used in tests and as a default."""
@@ -48,3 +53,7 @@ class NullReporter:
     @contextmanager
     def progress(self, label: str, total: int | None) -> Iterator[ProgressCallback]:
         yield no_progress
+
+    @contextmanager
+    def overall(self, label: str, total: int | None) -> Iterator[None]:
+        yield
