@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from image_creator.cache.downloads import Downloads
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError
 from image_creator.fetch import http, segmented
 from image_creator.fetch.checksums import new_hasher
@@ -68,7 +69,7 @@ def fetch(url: str, target: Path, health: MirrorHealth | None = None) -> Outcome
     downloads = Downloads(
         connections=threading.BoundedSemaphore(5), mirrors=health or MirrorHealth()
     )
-    hasher = new_hasher("sha-256")
+    hasher = new_hasher(ChecksumAlgo.SHA256)
     with downloads.open(url, remote=http.probe(url), segmentable=True) as fetched:
         assert fetched.segmented is not None
         fetched.segmented.into(target, hasher)

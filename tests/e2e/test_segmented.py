@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch import segmented, watch
 from image_creator.fetch.segmented import (
@@ -36,7 +37,7 @@ PAYLOAD = random.Random(12).randbytes(3 * MIB + 4321)
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 PIECE = 256 * KIB
 PIECES = PieceHashes(
-    "sha-256",
+    ChecksumAlgo.SHA256,
     PIECE,
     tuple(
         hashlib.sha256(PAYLOAD[at : at + PIECE]).hexdigest() for at in range(0, len(PAYLOAD), PIECE)

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from image_creator.cache.entry import Entry, EntryKind
+from image_creator.cache.entry import CacheEntry, EntryKind
 from image_creator.cache.policy import load_policy
 from image_creator.cache.store import CacheStore
 from image_creator.cli import main
@@ -77,7 +77,7 @@ def file_report(report: Path) -> dict[str, Any]:
     return entry
 
 
-def zim_entry(cache: Path, server: HttpServer) -> Entry:
+def zim_entry(cache: Path, server: HttpServer) -> CacheEntry:
     entry = CacheStore(cache, load_policy(cache)).lookup(
         EntryKind.FILES, server.url("/zim/big.zim")
     )
@@ -111,7 +111,7 @@ def test_a_large_file_comes_in_segments_and_lands_like_a_single_download(
     assert report["mirrors"] == [{"url": served.url("/zim/big.zim"), "bytes": len(ZIM)}]
     assert report["checksum"] == "verified"
     segmented_entry = zim_entry(cache, served)
-    assert (cache / "entries" / segmented_entry.ident).read_bytes() == ZIM
+    assert (cache / "entries" / segmented_entry.entry_id).read_bytes() == ZIM
     assert leftovers(tmp_path) == []
 
     # the same build on one connection makes the same cache entry
@@ -158,7 +158,7 @@ def test_a_mirror_dropping_connections_mid_segment_still_gives_the_file(
     data = tree_digests(BuiltImage.open(tmp_path / "out.img").dump_data(tmp_path / "d"))
     assert data["contents/zims/big.zim"] == ZIM_SHA256
     entry = zim_entry(tmp_path / "cache", served)
-    assert (tmp_path / "cache" / "entries" / entry.ident).read_bytes() == ZIM
+    assert (tmp_path / "cache" / "entries" / entry.entry_id).read_bytes() == ZIM
     assert leftovers(tmp_path) == []
 
 

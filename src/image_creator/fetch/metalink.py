@@ -30,7 +30,15 @@ NAMESPACE = "urn:ietf:params:xml:ns:metalink"
 # a metalink lists piece hashes: 100 GB in 4 MiB pieces of sha-256 is about 2.5 MB
 METALINK_LIMIT = 16 * 1024 * 1024
 MEDIA_TYPE = "application/metalink4+xml"
-_ALGOS = {algo.value for algo in ChecksumAlgo if algo is not ChecksumAlgo.ADLER32}
+# the hashes a metalink may give that we can check, weakest first
+_STRENGTH = (
+    ChecksumAlgo.MD5,
+    ChecksumAlgo.SHA1,
+    ChecksumAlgo.SHA224,
+    ChecksumAlgo.SHA256,
+    ChecksumAlgo.SHA384,
+    ChecksumAlgo.SHA512,
+)
 _HEX = re.compile(r"[0-9a-f]+")
 # <uri>; param=value; param="quoted value", ... (commas inside <> or quotes are no separator)
 _LINK = re.compile(r'\s*<([^>]*)>((?:\s*;\s*[^;,=\s]+(?:\s*=\s*(?:"[^"]*"|[^;,\s]*))?)*)\s*(?:,|$)')
@@ -50,12 +58,12 @@ class Metalink:
 
     name: str
     size: int | None
-    hashes: dict[str, str]  # config algorithm name -> lowercase hex
+    hashes: dict[ChecksumAlgo, str]  # lowercase hex
     pieces: PieceHashes | None
     mirrors: tuple[Mirror, ...]  # best first
 
-    def strongest_hash(self) -> tuple[str, str] | None:
-        for algo in ("sha-512", "sha-384", "sha-256", "sha-224", "sha-1", "md5"):
+    def strongest_hash(self) -> tuple[ChecksumAlgo, str] | None:
+        for algo in reversed(_STRENGTH):
             if algo in self.hashes:
                 return algo, self.hashes[algo]
         return None
@@ -117,10 +125,15 @@ def _text(element: Element | None) -> str:
     return (element.text or "").strip() if element is not None else ""
 
 
-def _hex(value: str, algo: str) -> str | None:
+def _algo(element: Element) -> ChecksumAlgo | None:
+    """The algorithm an element's ``type`` names (IANA names: the config's), if checkable."""
+    name = (element.get("type") or "").lower()
+    return next((algo for algo in _STRENGTH if algo.value == name), None)
+
+
+def _hex(value: str, algo: ChecksumAlgo) -> str | None:
     digest = value.strip().lower()
-    length = ChecksumAlgo(algo).hex_length
-    return digest if _HEX.fullmatch(digest) and len(digest) == length else None
+    return digest if _HEX.fullmatch(digest) and len(digest) == algo.hex_length else None
 
 
 def parse_metalink(data: bytes, *, base_url: str, name: str | None = None) -> Metalink:
@@ -136,10 +149,10 @@ def parse_metalink(data: bytes, *, base_url: str, name: str | None = None) -> Me
         raise MetalinkError(f"the metalink lists {len(files)} files, none of them {name!r}")
     entry = chosen[0]
     size_text = _text(entry.find(_tag("size")))
-    hashes: dict[str, str] = {}
+    hashes: dict[ChecksumAlgo, str] = {}
     for element in entry.findall(_tag("hash")):
-        algo = (element.get("type") or "").lower()
-        if algo in _ALGOS and (digest := _hex(_text(element), algo)) is not None:
+        algo = _algo(element)
+        if algo is not None and (digest := _hex(_text(element), algo)) is not None:
             hashes[algo] = digest
     mirrors = []
     for order, element in enumerate(entry.findall(_tag("url"))):
@@ -169,15 +182,14 @@ def _pieces(entry: Element) -> PieceHashes | None:
     """The strongest usable set of piece hashes."""
     found = []
     for element in entry.findall(_tag("pieces")):
-        algo = (element.get("type") or "").lower()
+        algo = _algo(element)
         length = element.get("length", "")
-        if algo not in _ALGOS or not length.isdigit() or int(length) <= 0:
+        if algo is None or not length.isdigit() or int(length) <= 0:
             continue
         digests = [_hex(_text(h), algo) for h in element.findall(_tag("hash"))]
         if digests and all(digests):
             found.append(PieceHashes(algo, int(length), tuple(d for d in digests if d)))
-    strength = ["md5", "sha-1", "sha-224", "sha-256", "sha-384", "sha-512"]
-    return max(found, key=lambda p: strength.index(p.algo)) if found else None
+    return max(found, key=lambda p: _STRENGTH.index(p.algo)) if found else None
 
 
 def duplicates(link_headers: Iterable[str], *, base_url: str) -> list[Mirror]:

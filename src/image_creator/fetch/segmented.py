@@ -41,6 +41,7 @@ import requests
 import urllib3.exceptions
 
 from image_creator.config.units import CHUNK
+from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch.checksums import new_hasher
 from image_creator.fetch.watch import Cut, Watch
@@ -98,7 +99,7 @@ class ConnectionLimiter(Protocol):
 class PieceHashes:
     """Digests of consecutive pieces of ``length`` bytes (the last one shorter)."""
 
-    algo: str  # a config algorithm name (sha-256, sha-1, ...)
+    algo: ChecksumAlgo
     length: int
     digests: tuple[str, ...]
 
