@@ -35,6 +35,7 @@ from image_creator.cli import main
 from image_creator.config.units import format_size
 from image_creator.demo import DEFAULT_DATA_FILES, BaseImageLayout, make_base_image
 from image_creator.plan import Inventory, SizePlan
+from image_creator.system.ext4_geometry import Ext4Geometry
 from image_creator.ui.base import NullReporter, Reporter
 from image_creator.ui.console import ConsoleReporter
 from tests.support.archives import tar_bytes, zip_bytes
@@ -238,9 +239,15 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> Planned:
     """Spy on the size check, without changing it."""
     record = Planned()
 
-    def spy(inventory: Inventory, *, requested: int | None, max_size: int | None) -> SizePlan:
+    def spy(
+        inventory: Inventory,
+        *,
+        requested: int | None,
+        max_size: int | None,
+        filesystem: Ext4Geometry | None,
+    ) -> SizePlan:
         record.inventories.append(inventory)
-        plan = plan_sizes(inventory, requested=requested, max_size=max_size)
+        plan = plan_sizes(inventory, requested=requested, max_size=max_size, filesystem=filesystem)
         record.plans.append(plan)
         return plan
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +14,11 @@ from urllib.parse import urlsplit
 from image_creator.cache.entry import EntryKind
 from image_creator.cache.store import CacheStore, CacheWriter
 from image_creator.config.model import OCI_PLATFORM
-from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
-from image_creator.fetch import http
+from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.fetch.archives import ReadableStream
-from image_creator.fetch.http import RemoteInfo
+from image_creator.fetch.client import HttpClient
+from image_creator.fetch.responses import RemoteInfo
+from image_creator.fetch.stream import RemoteStream
 from image_creator.ui.base import ProgressCallback, no_progress
 
 
@@ -44,7 +44,7 @@ def is_cacheable_url(url: str) -> bool:
 class _Tee:
     """Passes a stream through, copying every byte into a cache entry being written."""
 
-    def __init__(self, stream: http.RemoteStream, writer: CacheWriter) -> None:
+    def __init__(self, stream: RemoteStream, writer: CacheWriter) -> None:
         self._stream = stream
         self._writer = writer
         self.at_end = False
@@ -84,6 +84,7 @@ class Fetched:
 
 @dataclass(frozen=True)
 class Downloads:
+    client: HttpClient  # the run's
     cache: CacheStore | None = None
 
     @contextlib.contextmanager
@@ -102,15 +103,13 @@ class Downloads:
         ends without an error (so after the caller verified its checksum). When
         ``cancelled`` is set, the transfer is cut and waits between retries end at once.
         A download is held to ``remote`` (what the check found) and to ``size`` (the
-        config's size of the file): see ``http.open_stream``.
+        config's size of the file): see ``HttpClient.open_stream``.
         """
-        sleep = _cancellable_sleep(cancelled)
 
-        def stream() -> http.RemoteStream:
-            return http.open_stream(
+        def stream() -> RemoteStream:
+            return self.client.open_stream(
                 url,
                 on_progress=on_progress,
-                sleep=sleep,
                 cancelled=cancelled,
                 expected=remote,
                 expected_size=size,
@@ -173,18 +172,6 @@ class ImageTarSlot:
         with exported.open("rb") as source:
             shutil.copyfileobj(source, self.writer, length=1024 * 1024)
         self.writer.complete = True
-
-
-def _cancellable_sleep(cancelled: threading.Event | None) -> http.Sleep:
-    if cancelled is None:
-        return time.sleep
-    event = cancelled
-
-    def sleep(seconds: float) -> None:
-        if event.wait(seconds):
-            raise Interrupted("cancelled")
-
-    return sleep
 
 
 def copy_file(source: Path, target: Path) -> None:
