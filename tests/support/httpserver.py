@@ -47,6 +47,7 @@ class RequestRecord:
     status: int
     body_length: int  # body bytes the server sent (or, for drop_after, sent before dropping)
     headers: tuple[tuple[str, str], ...] = ()  # all request headers, in order
+    client_port: int = 0  # the client's end of the connection: one port, one connection
 
     def header(self, name: str) -> str | None:
         """A request header's value (case-insensitive name), or None."""
@@ -77,6 +78,7 @@ class Fault:
     short_by: int = 0
     change_after_probe: bytes | None = None
     silent: float | None = None
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,7 @@ class HttpServer:
         short_by: int = 0,
         change_after_probe: bytes | None = None,
         silent: float | None = None,
+        retry_after: str | None = None,
     ) -> None:
         """Make ``path`` misbehave (replacing its previous fault).
 
@@ -297,6 +300,7 @@ class HttpServer:
         change_after_probe: once a HEAD was answered, serve these bytes instead (another
             ETag, a later Last-Modified), as if the file changed after a check.
         silent: answer nothing, not even a status line, for ``silent`` seconds (then as usual).
+        retry_after: with ``status``, send this Retry-After header (seconds or an HTTP date).
         """
         new = Fault(
             status=status,
@@ -316,6 +320,7 @@ class HttpServer:
             short_by=short_by,
             change_after_probe=change_after_probe,
             silent=silent,
+            retry_after=retry_after,
         )
         with self._lock:
             self._faults[_normalize(path)] = new
@@ -348,6 +353,10 @@ class HttpServer:
             and record.body_length > 0
             and (path is None or record.path == _normalize(path))
         ]
+
+    def connections(self) -> int:
+        """How many connections the requests so far came on."""
+        return len({record.client_port for record in self.requests})
 
     def clear_log(self) -> None:
         with self._lock:
@@ -458,6 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status=plan.status,
                 body_length=send,
                 headers=tuple(self.headers.items()),
+                client_port=int(self.client_address[1]),
             )
         )
         if fault.silent is not None:
@@ -516,7 +526,8 @@ class _Handler(BaseHTTPRequestHandler):
                 (("Location", location), *fault.redirect_headers),
             )
         if fault.status is not None:
-            return _error_plan(HTTPStatus(fault.status))
+            extra = () if fault.retry_after is None else (("Retry-After", fault.retry_after),)
+            return _error_plan(HTTPStatus(fault.status), extra)
         if resource is None:
             return _error_plan(HTTPStatus.NOT_FOUND)
 
