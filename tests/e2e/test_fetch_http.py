@@ -28,7 +28,7 @@ from image_creator.fetch.checksums import (
 from image_creator.fetch.client import HttpClient
 from image_creator.fetch.responses import RemoteInfo
 from image_creator.fetch.retry import RetryPolicy
-from image_creator.fetch.stream import RemoteStream
+from image_creator.fetch.source import RemoteStream
 from tests.support.download import download
 from tests.support.httpserver import HttpServer
 

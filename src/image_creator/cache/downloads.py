@@ -18,7 +18,7 @@ from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.fetch.archives import ReadableStream
 from image_creator.fetch.client import HttpClient
 from image_creator.fetch.responses import RemoteInfo
-from image_creator.fetch.stream import RemoteStream
+from image_creator.fetch.source import RemoteStream
 from image_creator.ui.base import ProgressCallback, no_progress
 
 

@@ -35,8 +35,9 @@ from image_creator.errors import BuildError, SourceError
 from image_creator.fetch import oci
 from image_creator.fetch.archive_probe import ArchiveFacts, inspect_archive
 from image_creator.fetch.checksums import parse_checksum_text
-from image_creator.fetch.client import HttpClient, Source
+from image_creator.fetch.client import HttpClient
 from image_creator.fetch.responses import RemoteInfo
+from image_creator.fetch.source import Source
 from image_creator.plan import (
     BaseSource,
     FileSource,

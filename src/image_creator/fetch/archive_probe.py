@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from image_creator.config.model import Via
 from image_creator.config.units import format_size
 from image_creator.errors import SourceError
-from image_creator.fetch.client import Source
+from image_creator.fetch.source import Source
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 import requests
 from urllib3.util.retry import Retry
@@ -38,7 +38,8 @@ from image_creator.fetch.responses import (
     status_text,
 )
 from image_creator.fetch.retry import RetryPolicy
-from image_creator.fetch.stream import HttpStream, RemoteStream
+from image_creator.fetch.source import RemoteStream, Source
+from image_creator.fetch.stream import HttpStream
 from image_creator.fetch.watch import Watch, WatchedAdapter
 from image_creator.ui.base import ProgressCallback, no_progress
 
@@ -69,27 +70,6 @@ class _ThreadWatchedAdapter(WatchedAdapter):
     @watch.setter
     def watch(self, value: Watch | None) -> None:
         self._local.watch = value
-
-
-class Source(Protocol):
-    """One source, HTTP or local, read the same way."""
-
-    url: str
-
-    def probe(self) -> RemoteInfo: ...
-
-    def read_bytes(self, limit: int = TEXT_LIMIT) -> bytes: ...
-
-    def read_range(self, start: int, length: int) -> bytes: ...
-
-    def open_stream(
-        self,
-        *,
-        on_progress: ProgressCallback = no_progress,
-        cancelled: threading.Event | None = None,
-        expected: RemoteInfo | None = None,
-        expected_size: int | None = None,
-    ) -> RemoteStream: ...
 
 
 class HttpClient:
