@@ -4,6 +4,9 @@ bounded), its connections kept for the next request, its local sources."""
 from __future__ import annotations
 
 import io
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -124,6 +127,44 @@ def test_every_request_carries_the_user_agent_and_shares_a_connection(
     assert len(http_server.requests) == 5
     assert {record.header("User-Agent") for record in http_server.requests} == {USER_AGENT}
     assert http_server.connections() == 1
+
+
+def test_a_finished_stream_leaves_its_connection_to_the_next_transfer(
+    http_server: HttpServer,
+) -> None:
+    """A stream read to its last byte gives its connection back at once: closing the stream
+    later must not cut that connection under the transfer that took it meanwhile."""
+    url = http_server.add("/a.zim", CONTENT)
+    slow_url = http_server.add("/slow.md5", SUMS * 400)  # 17600 bytes at 8000 bytes/s
+    http_server.fault("/slow.md5", slow=8000)
+    results: list[bytes | BaseException] = []
+    with HttpClient() as client:
+        stream = client.open_stream(url)
+        received = b""
+        while len(received) < len(CONTENT):  # never asks past the last byte
+            received += stream.read(len(CONTENT) - len(received))
+
+        def read_slowly() -> None:
+            try:
+                results.append(client.read_bytes(slow_url, 64 * 1024))
+            except BaseException as exc:
+                results.append(exc)
+
+        reader = threading.Thread(target=read_slowly)
+        reader.start()
+        wait_for(lambda: len(http_server.requests_for("/slow.md5")) == 1)
+        stream.close()
+        reader.join(30)
+    assert received == CONTENT
+    assert results == [SUMS * 400]
+    assert http_server.connections() == 1
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 def test_a_file_url_is_a_local_source(tmp_path: Path) -> None:

@@ -303,6 +303,11 @@ class HttpStream(RemoteStream):
                 continue
             if chunk:
                 self._received(len(chunk))
+                if self._response_has_length and self.position + len(chunk) == self._limit:
+                    # the last byte: the connection goes back to the pool now, before
+                    # another transfer takes it, and this watch may no longer cut it
+                    give_back(self._response)
+                    self._finish()
                 return chunk
             if self._watch.was_cut is not None:  # the watch cut it: no end of the content
                 self._failed("connection cut")
