@@ -42,8 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from image_creator.cache.downloads import Downloads
-from image_creator.fetch import http
+from image_creator.digests import ChecksumAlgo
 from image_creator.fetch.checksums import HashingReader, new_hasher
+from image_creator.fetch.client import HttpClient
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
@@ -105,11 +106,12 @@ def client(urls: Sequence[str], out: Path, *, connections: int, mode: str) -> No
     segmented (mode ``seg``: over the mirrors the source names too), or one stream each
     (``single``). Prints each file's sha256."""
     limiter = threading.BoundedSemaphore(connections)
-    downloads = Downloads(connections=limiter)
+    http = HttpClient(connections=connections + 2)  # one per run, as a build makes it
+    downloads = Downloads(http, connections=limiter)
 
     def one(url: str) -> str:
         target = out / url.rsplit("/", 1)[1]
-        hasher = new_hasher("sha-256")
+        hasher = new_hasher(ChecksumAlgo.SHA256)
         remote = http.probe(url)
         with downloads.open(url, remote=remote, segmentable=mode == "seg") as fetched:
             if fetched.segmented is not None:

@@ -52,10 +52,11 @@ import requests
 
 from image_creator.cache.downloads import Downloads, copy_file
 from image_creator.checks.sources import inspect_base
-from image_creator.config.model import BaseImage, Checksum, ChecksumAlgo
+from image_creator.config.model import BaseImage, Checksum
+from image_creator.digests import ChecksumAlgo
 from image_creator.fetch.archives import extract_tar_stream
 from image_creator.fetch.checksums import HashingReader, new_hasher
-from image_creator.fetch.http import open_stream
+from image_creator.fetch.client import HttpClient
 from image_creator.steps.fetch_base_image import fetch_base_image
 from image_creator.ui.base import no_progress
 
@@ -160,12 +161,14 @@ def _timed(report: dict[str, Any]) -> Iterator[None]:
 
 def child_ours_base(url: str, target: str, root_size: str, digest: str) -> dict[str, Any]:
     checksum = Checksum(algo=ChecksumAlgo.SHA256, value=digest)
-    source = inspect_base(BaseImage(url=url, root_size=int(root_size), checksum=checksum))
+    source = inspect_base(
+        BaseImage(url=url, root_size=int(root_size), checksum=checksum), HttpClient()
+    )
     path = Path(target)
     path.touch()  # the build hands over an empty file (partial_output)
     report: dict[str, Any] = {}
     with _timed(report):
-        fetched = fetch_base_image(source, path, Downloads(), on_progress=no_progress)
+        fetched = fetch_base_image(source, path, Downloads(HttpClient()), on_progress=no_progress)
     report["size"] = fetched.image_size
     return report
 
@@ -173,8 +176,12 @@ def child_ours_base(url: str, target: str, root_size: str, digest: str) -> dict[
 def child_ours_download(url: str, target: str) -> dict[str, Any]:
     report: dict[str, Any] = {}
     with _timed(report):
-        hasher = new_hasher("sha-256")
-        with open_stream(url) as stream, Path(target).open("wb") as file:
+        hasher = new_hasher(ChecksumAlgo.SHA256)
+        with (
+            HttpClient() as client,
+            client.open_stream(url) as stream,
+            Path(target).open("wb") as file,
+        ):
             reader = HashingReader(stream, hasher)
             # as steps/files.py:_copy does
             while chunk := reader.read(CHUNK):

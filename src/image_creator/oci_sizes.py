@@ -39,6 +39,7 @@ import yaml
 
 from image_creator.config.model import OCI_PLATFORM
 from image_creator.errors import ExitCode, SourceError
+from image_creator.fetch.client import HttpClient
 from image_creator.fetch.oci import export_filename, export_image, parse_ident, verify_export
 
 _BINARY_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -112,7 +113,7 @@ def sizes_of_tar(path: Path, *, label: str) -> ImageSizes:
     )
 
 
-def sizes_of_image(ident: str, *, workdir: Path) -> ImageSizes:
+def sizes_of_image(ident: str, *, workdir: Path, client: HttpClient) -> ImageSizes:
     """Pull ``ident`` for linux/arm64/v8 into ``workdir``, measure it, remove the tar."""
     try:
         filename = export_filename(ident)
@@ -121,7 +122,7 @@ def sizes_of_image(ident: str, *, workdir: Path) -> ImageSizes:
     target = workdir / filename
     print(f"Downloading {ident} using docker-export", file=sys.stderr)
     try:
-        exported = export_image(ident, target, build_dir=workdir / "build")
+        exported = export_image(ident, target, client=client, build_dir=workdir / "build")
     finally:
         target.unlink(missing_ok=True)  # images can be large: keep one at a time
     return ImageSizes(
@@ -129,7 +130,7 @@ def sizes_of_image(ident: str, *, workdir: Path) -> ImageSizes:
     )
 
 
-def measure(argument: str, *, workdir: Path) -> ImageSizes:
+def measure(argument: str, *, workdir: Path, client: HttpClient) -> ImageSizes:
     """An existing path is a tar to measure; anything else is an image reference to pull."""
     path = Path(argument)
     if path.exists():
@@ -140,7 +141,7 @@ def measure(argument: str, *, workdir: Path) -> ImageSizes:
         parse_ident(argument)
     except ValueError as exc:
         raise SourceError(f"{argument}: not an image reference ({exc})") from exc
-    return sizes_of_image(argument, workdir=workdir)
+    return sizes_of_image(argument, workdir=workdir, client=client)
 
 
 def _error_line(argument: str, exc: SourceError) -> str:
@@ -195,10 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with (
             _docker_export_logs(args.verbose),
             tempfile.TemporaryDirectory(prefix="get-oci-sizes-") as workdir,
+            HttpClient() as client,
         ):
             for argument in args.images:
                 try:
-                    sizes = measure(argument, workdir=Path(workdir))
+                    sizes = measure(argument, workdir=Path(workdir), client=client)
                 except SourceError as exc:
                     failed = True
                     print(_error_line(argument, exc), file=sys.stderr, flush=True)

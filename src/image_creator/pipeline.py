@@ -16,7 +16,7 @@ from image_creator.checks.cache import open_cache, show_cache
 from image_creator.checks.paths import check_report_path
 from image_creator.config.loader import load_config
 from image_creator.context import Context
-from image_creator.fetch import http
+from image_creator.fetch.client import HttpClient
 from image_creator.options import Mode, Options
 from image_creator.report import Outcome, error_record, report_document, write_report
 from image_creator.system.signals import AfterPublish
@@ -52,10 +52,12 @@ def _run(
         assert cache is not None  # the CLI requires --cache-dir with --show-cache
         show_cache(cache, reporter)
         return
+    # one client for the whole run: its connections are kept for the next request
+    client = stack.enter_context(HttpClient(connections=options.concurrency + 2))
     with timeline.step("Reading config"):
         loaded = load_config(
             options.config_src,
-            read_url=http.read_config,
+            read_url=client.read_config,
             release_url_template=options.release_url_template,
         )
         outcome.config_sha256 = loaded.sha256
@@ -67,8 +69,11 @@ def _run(
         reporter=reporter,
         stack=stack,
         timeline=timeline,
+        http=client,
         # -T bounds the connections of the files step, a file's segments included
-        downloads=Downloads(cache, connections=threading.BoundedSemaphore(options.concurrency)),
+        downloads=Downloads(
+            client, cache, connections=threading.BoundedSemaphore(options.concurrency)
+        ),
         cache=cache,
     )
     outcome.plan = check(ctx)

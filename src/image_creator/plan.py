@@ -15,7 +15,7 @@ from image_creator.cache.entry import EntryKind
 from image_creator.cache.eviction import Eviction, Incoming
 from image_creator.config.model import BaseImage, Checksum, FileEntry, OciImage
 from image_creator.fetch.archives import ExtractResult
-from image_creator.fetch.http import RemoteInfo
+from image_creator.fetch.responses import RemoteInfo
 from image_creator.fetch.segmented import Transfer
 from image_creator.system.partitions import PartitionTable
 

@@ -30,11 +30,13 @@ from docker_export import Image, Platform, export
 
 import image_creator
 import image_creator.checks.sizes as checked_sizes
+from image_creator.__about__ import __version__
 from image_creator.checks.sizes import plan_sizes
 from image_creator.cli import main
 from image_creator.config.units import format_size
 from image_creator.demo import DEFAULT_DATA_FILES, BaseImageLayout, make_base_image
 from image_creator.plan import Inventory, SizePlan
+from image_creator.system.ext4_geometry import Ext4Geometry
 from image_creator.ui.base import NullReporter, Reporter
 from image_creator.ui.console import ConsoleReporter
 from tests.support.archives import tar_bytes, zip_bytes
@@ -238,9 +240,15 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> Planned:
     """Spy on the size check, without changing it."""
     record = Planned()
 
-    def spy(inventory: Inventory, *, requested: int | None, max_size: int | None) -> SizePlan:
+    def spy(
+        inventory: Inventory,
+        *,
+        requested: int | None,
+        max_size: int | None,
+        filesystem: Ext4Geometry | None,
+    ) -> SizePlan:
         record.inventories.append(inventory)
-        plan = plan_sizes(inventory, requested=requested, max_size=max_size)
+        plan = plan_sizes(inventory, requested=requested, max_size=max_size, filesystem=filesystem)
         record.plans.append(plan)
         return plan
 
@@ -1040,3 +1048,43 @@ def test_config_url_problems_are_named_by_the_url(
     assert outcome.code in (3, 4), outcome.stderr
     assert "Traceback" not in outcome.stderr
     assert any(missing in line and "404" in line for line in outcome.errors), outcome.stderr
+
+
+# one HTTP client for the run ------------------------------------------------------------------
+
+
+def test_the_check_reuses_one_connection(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One worker, one server: every probe and small read of the check comes on the
+    connection the first one opened, each with the run's User-Agent."""
+    config = write_config(tmp_path, http_config(served))
+    outcome = run_main(["--check", "-T", "1", str(config)], capsys)
+    assert outcome.code == 0, outcome.stderr
+    requests = served.server.requests
+    assert len(requests) > 5  # base, its checksum, the files, ranged reads of archives
+    assert served.server.connections() == 1
+    assert {record.header("User-Agent") for record in requests} == {f"image-creator/{__version__}"}
+
+
+def test_concurrent_checks_share_the_pool(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Several workers open a few connections, never one per request."""
+    config = write_config(tmp_path, http_config(served))
+    outcome = run_main(["--check", "-T", "3", str(config)], capsys)
+    assert outcome.code == 0, outcome.stderr
+    assert served.server.connections() <= 3 < len(served.server.requests)
+
+
+def test_a_busy_server_is_waited_for_as_it_asks(
+    served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """503 with Retry-After on the checksum file: the check waits the second asked, then
+    reads it and passes."""
+    served.server.fault(BASE_SHA256_PATH, status=503, retry_after="1", times=1)
+    config = write_config(tmp_path, http_config(served))
+    outcome = run_main(["--check", str(config)], capsys)
+    assert outcome.code == 0, outcome.stderr
+    answers = [record.status for record in served.server.requests_for(BASE_SHA256_PATH)]
+    assert answers == [503, 200]

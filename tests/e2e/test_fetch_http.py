@@ -17,7 +17,8 @@ import pytest
 from image_creator.__about__ import __version__
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
-from image_creator.fetch import http, watch
+from image_creator.fetch import stream as streams
+from image_creator.fetch import watch
 from image_creator.fetch.archives import extract_tar_stream
 from image_creator.fetch.checksums import (
     HashingReader,
@@ -25,13 +26,10 @@ from image_creator.fetch.checksums import (
     parse_checksum_text,
     verify_digest,
 )
-from image_creator.fetch.http import (
-    make_session,
-    open_stream,
-    probe,
-    read_range,
-    read_text,
-)
+from image_creator.fetch.client import HttpClient
+from image_creator.fetch.responses import RemoteInfo
+from image_creator.fetch.retry import RetryPolicy
+from image_creator.fetch.source import RemoteStream
 from tests.support.download import download
 from tests.support.httpserver import HttpServer
 
@@ -47,6 +45,27 @@ def fetch(url: str, **kwargs: object) -> tuple[bytes, list[float]]:
     delays: list[float] = []
     download(url, received.write, sleep=delays.append, **kwargs)  # type: ignore[arg-type]
     return received.getvalue(), delays
+
+
+def probe(url: str) -> RemoteInfo:
+    with HttpClient() as client:
+        return client.probe(url)
+
+
+def read_text(url: str, limit: int = 64 * 1024) -> str:
+    with HttpClient() as client:
+        return client.read_text(url, limit)
+
+
+def read_range(url: str, start: int, length: int) -> bytes:
+    with HttpClient() as client:
+        return client.read_range(url, start, length)
+
+
+def open_stream(url: str, *, backoff: float = 1.0) -> RemoteStream:
+    """A stream through a client of its own (closed with the client's session left to the
+    garbage collector: the stream holds it)."""
+    return HttpClient(policy=RetryPolicy(backoff=backoff)).open_stream(url)
 
 
 @pytest.fixture
@@ -110,7 +129,7 @@ def test_probe_unreachable_server() -> None:
     with HttpServer() as server:
         url = server.url("/gone")
     with pytest.raises(SourceError) as caught:
-        probe(url, session=make_session(connect_retries=0), retries=1, backoff=0)
+        HttpClient(policy=RetryPolicy(quick_retries=0)).probe(url)
     assert str(caught.value) == f"{url}: Failed to establish a new connection: " + (
         "[Errno 111] Connection refused"
     )
@@ -487,9 +506,9 @@ def test_a_dripping_download_ends_after_its_stalls(
         fetch(zim_url, backoff=0)
     message = str(caught.value)
     assert message.startswith(f"{zim_url}: stalled (less than 1024 bytes/s for 0.6s)")
-    assert message.endswith(f"(gave up after {http.STALL_RETRIES + 1} stalls)")
+    assert message.endswith(f"(gave up after {streams.STALL_RETRIES + 1} stalls)")
     gets = http_server.requests_for("/zim/wikipedia_fr_test.zim")
-    assert len(gets) == http.STALL_RETRIES + 1
+    assert len(gets) == streams.STALL_RETRIES + 1
     assert all(record.range and record.range.startswith("bytes=") for record in gets[1:])
     wait_for(lambda: len(http_server.hangups_for("/zim/wikipedia_fr_test.zim")) == len(gets))
 

@@ -7,7 +7,7 @@ import base64
 import hashlib
 
 from image_creator.cache.downloads import version_of
-from image_creator.fetch import http
+from image_creator.fetch.client import HttpClient
 from tests.support.httpserver import HttpServer
 
 CONTENT = b"zim" * 1000
@@ -22,9 +22,9 @@ def test_version_comes_from_the_redirect_digest(http_server: HttpServer) -> None
     http_server.add("/mirror2/wiki.zim", CONTENT + b"\n")  # another mirror, another ETag
     header = ("Digest", f"MD5=abc, {digest_header(CONTENT)}")
     http_server.fault("/zim/wiki.zim", redirect="/mirror1/wiki.zim", redirect_headers=(header,))
-    first = http.probe(http_server.url("/zim/wiki.zim"))
+    first = HttpClient().probe(http_server.url("/zim/wiki.zim"))
     http_server.fault("/zim/wiki.zim", redirect="/mirror2/wiki.zim", redirect_headers=(header,))
-    second = http.probe(http_server.url("/zim/wiki.zim"))
+    second = HttpClient().probe(http_server.url("/zim/wiki.zim"))
 
     assert first.digest == digest_header(CONTENT)
     assert first.etag != second.etag
@@ -33,6 +33,6 @@ def test_version_comes_from_the_redirect_digest(http_server: HttpServer) -> None
 
 def test_without_a_digest_the_etag_is_the_version(http_server: HttpServer) -> None:
     url = http_server.add("/plain.zim", CONTENT)
-    info = http.probe(url)
+    info = HttpClient().probe(url)
     assert info.digest is None
     assert version_of(info) == f"etag:{http_server.etag('/plain.zim')}"

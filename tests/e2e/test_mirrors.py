@@ -16,8 +16,9 @@ import pytest
 from image_creator.cache.downloads import Downloads
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError
-from image_creator.fetch import http, segmented
+from image_creator.fetch import segmented
 from image_creator.fetch.checksums import new_hasher
+from image_creator.fetch.client import HttpClient
 from image_creator.fetch.segmented import MirrorHealth, Outcome
 from tests.support.httpserver import HttpServer
 
@@ -66,11 +67,12 @@ def metalink(urls: list[tuple[str, int]], *, sha256: str = SHA256, pieces: bool 
 
 def fetch(url: str, target: Path, health: MirrorHealth | None = None) -> Outcome:
     """Download as place_file does a plain file; checks the sha256 of what was handed over."""
+    client = HttpClient()
     downloads = Downloads(
-        connections=threading.BoundedSemaphore(5), mirrors=health or MirrorHealth()
+        client, connections=threading.BoundedSemaphore(5), mirrors=health or MirrorHealth()
     )
     hasher = new_hasher(ChecksumAlgo.SHA256)
-    with downloads.open(url, remote=http.probe(url), segmentable=True) as fetched:
+    with client, downloads.open(url, remote=client.probe(url), segmentable=True) as fetched:
         assert fetched.segmented is not None
         fetched.segmented.into(target, hasher)
         outcome = fetched.segmented.outcome

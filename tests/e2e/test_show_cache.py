@@ -14,7 +14,7 @@ from image_creator.cache.policy import load_policy
 from image_creator.cache.store import CacheStore
 from image_creator.cli import main
 from image_creator.demo import make_base_image
-from image_creator.fetch import http
+from image_creator.fetch.client import HttpClient
 from image_creator.ui.console import ConsoleReporter
 from tests.support.httpserver import HttpServer
 from tests.support.requirements import require_tools
@@ -74,7 +74,7 @@ def test_check_with_show_cache_forecasts_for_a_config(
     new_url = http_server.add("/new.zim", b"new" * 100)
     cache = tmp_path / "cache"
     store = CacheStore(cache, load_policy(cache))
-    fill(store, cached_url, b"cached" * 100, version_of(http.probe(cached_url)))
+    fill(store, cached_url, b"cached" * 100, version_of(HttpClient().probe(cached_url)))
     config = tmp_path / "config.yaml"
     config.write_text(
         yaml.safe_dump(

@@ -1,24 +1,15 @@
-"""A whole download into a sink, for tests of the resumable stream (fetch/http.py)."""
+"""A whole download into a sink, for tests of the resumable stream (fetch/stream.py)."""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import requests
-
-from image_creator.fetch.http import (
-    DEFAULT_BACKOFF,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    RemoteInfo,
-    Sleep,
-    Timeout,
-    open_stream,
-)
+from image_creator.fetch.client import DEFAULT_TIMEOUT, HttpClient, Sleep, Timeout
+from image_creator.fetch.responses import RemoteInfo
+from image_creator.fetch.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES, RetryPolicy
 from image_creator.ui.base import ProgressCallback, no_progress
 
 Sink = Callable[[bytes], object]
@@ -38,28 +29,36 @@ def download(
     url: str,
     sink: Sink,
     *,
-    session: requests.Session | None = None,
+    client: HttpClient | None = None,
     on_progress: ProgressCallback = no_progress,
     retries: int = DEFAULT_RETRIES,
     backoff: float = DEFAULT_BACKOFF,
     timeout: Timeout = DEFAULT_TIMEOUT,
-    sleep: Sleep = time.sleep,
+    sleep: Sleep | None = None,
     cancelled: threading.Event | None = None,
     expected: RemoteInfo | None = None,
     expected_size: int | None = None,
 ) -> DownloadResult:
     """Stream a source into ``sink`` (called with each chunk, in order, each byte once),
-    resuming and checking as ``open_stream`` does. Raises SourceError when the source cannot
-    be fully read.
+    resuming and checking as ``HttpClient.open_stream`` does, through ``client`` or one made
+    with ``retries``, ``backoff``, ``timeout`` and ``sleep``. Raises SourceError when the
+    source cannot be fully read.
     """
-    with open_stream(
+    if client is None:
+        policy = RetryPolicy(retries=retries, backoff=backoff)
+        with HttpClient(policy=policy, timeout=timeout, sleep=sleep) as own:
+            return download(
+                url,
+                sink,
+                client=own,
+                on_progress=on_progress,
+                cancelled=cancelled,
+                expected=expected,
+                expected_size=expected_size,
+            )
+    with client.open_stream(
         url,
-        session=session,
         on_progress=on_progress,
-        retries=retries,
-        backoff=backoff,
-        timeout=timeout,
-        sleep=sleep,
         cancelled=cancelled,
         expected=expected,
         expected_size=expected_size,

@@ -47,6 +47,7 @@ class RequestRecord:
     status: int
     body_length: int  # body bytes the server sent (or, for drop_after, sent before dropping)
     headers: tuple[tuple[str, str], ...] = ()  # all request headers, in order
+    client_port: int = 0  # the client's end of the connection: one port, one connection
 
     def header(self, name: str) -> str | None:
         """A request header's value (case-insensitive name), or None."""
@@ -79,6 +80,7 @@ class Fault:
     silent: float | None = None
     corrupt: tuple[int, int] | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,7 @@ class HttpServer:
         silent: float | None = None,
         corrupt: tuple[int, int] | None = None,
         headers: tuple[tuple[str, str], ...] = (),
+        retry_after: str | None = None,
     ) -> None:
         """Make ``path`` misbehave (replacing its previous fault).
 
@@ -307,6 +310,7 @@ class HttpServer:
         corrupt: serve other bytes (each one inverted) in ``[first, end)`` of the content, as
             a mirror holding another file would (same length, same validators).
         headers: more headers on every answer of ``path`` (``Link: <...>; rel=duplicate``).
+        retry_after: with ``status``, send this Retry-After header (seconds or an HTTP date).
         """
         new = Fault(
             status=status,
@@ -328,6 +332,7 @@ class HttpServer:
             silent=silent,
             corrupt=corrupt,
             headers=headers,
+            retry_after=retry_after,
         )
         with self._lock:
             self._faults[_normalize(path)] = new
@@ -383,6 +388,10 @@ class HttpServer:
             and record.body_length > 0
             and (path is None or record.path == _normalize(path))
         ]
+
+    def connections(self) -> int:
+        """How many connections the requests so far came on."""
+        return len({record.client_port for record in self.requests})
 
     def clear_log(self) -> None:
         with self._lock:
@@ -493,6 +502,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status=plan.status,
                 body_length=send,
                 headers=tuple(self.headers.items()),
+                client_port=int(self.client_address[1]),
             )
         )
         if fault.silent is not None:
@@ -553,7 +563,8 @@ class _Handler(BaseHTTPRequestHandler):
                 (("Location", location), *fault.redirect_headers),
             )
         if fault.status is not None:
-            return _error_plan(HTTPStatus(fault.status))
+            extra = () if fault.retry_after is None else (("Retry-After", fault.retry_after),)
+            return _error_plan(HTTPStatus(fault.status), extra)
         if resource is None:
             return _error_plan(HTTPStatus.NOT_FOUND)
 

@@ -38,6 +38,7 @@ from offspot_config.packages import ZimPackage
 from offspot_config.utils.dashboard import Link, Reader
 from offspot_config.utils.download import get_online_rsc_size
 
+from image_creator.fetch.client import HttpClient
 from image_creator.oci_sizes import sizes_of_image
 from tests.support.archives import zip_bytes
 from tests.support.httpserver import HttpServer
@@ -103,7 +104,8 @@ def push_order_images(registry: Registry, workdir: Path) -> dict[str, OrderImage
                 layers=_image_layers(real),
             )
         )
-        sizes = sizes_of_image(ref, workdir=workdir)
+        with HttpClient() as client:
+            sizes = sizes_of_image(ref, workdir=workdir, client=client)
         images[real] = OrderImage(
             real=real, ref=ref, filesize=sizes.filesize, fullsize=sizes.fullsize
         )

@@ -101,6 +101,17 @@ class Registry:
     def __getitem__(self, name_tag: str) -> PushedImage:
         return self.images[name_tag]
 
+    def access_log(self, path_part: str) -> list[tuple[str, str]]:
+        """(request line, User-Agent) of each request so far whose path holds ``path_part``,
+        from the registry's access log (combined format: the User-Agent is the last quoted
+        field)."""
+        entries = []
+        for line in (self.workdir / "registry.log").read_text(errors="replace").splitlines():
+            quoted = line.split('"')
+            if len(quoted) >= 7 and path_part in quoted[1]:
+                entries.append((quoted[1], quoted[-2]))
+        return entries
+
     def push(self, spec: ImageSpec) -> PushedImage:
         """Build and push one more image (overwrites the tag if it exists).
 
@@ -221,7 +232,8 @@ def _answers(port: int, context: ssl.SSLContext) -> bool:
 def _config(folder: Path, port: int, token_port: int) -> Path:
     config = {
         "version": 0.1,
-        "log": {"level": "error", "accesslog": {"disabled": True}},
+        # the access log (in registry.log) tells who asked what: see Registry.access_log
+        "log": {"level": "error", "accesslog": {"disabled": False}},
         "storage": {
             "filesystem": {"rootdirectory": str(folder / "data")},
             "delete": {"enabled": True},

@@ -16,6 +16,7 @@ from image_creator.config.model import BaseImage, Checksum
 from image_creator.demo import make_base_image
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
+from image_creator.fetch.client import HttpClient
 from image_creator.steps import fetch_base_image as base_image
 from image_creator.steps.fetch_base_image import fetch_base_image
 from image_creator.ui.base import no_progress
@@ -42,10 +43,10 @@ def compress(tmp_path: Path) -> Path:
 
 
 def fetch(tmp_path: Path, url: str, checksum: Checksum | None = None) -> Path:
-    source = inspect_base(BaseImage(url=url, root_size=4 * MIB, checksum=checksum))
+    source = inspect_base(BaseImage(url=url, root_size=4 * MIB, checksum=checksum), HttpClient())
     target = tmp_path / "out.img"
     target.write_bytes(b"")
-    fetched = fetch_base_image(source, target, Downloads(), on_progress=no_progress)
+    fetched = fetch_base_image(source, target, Downloads(HttpClient()), on_progress=no_progress)
     assert fetched.image_size == target.stat().st_size
     assert not fetched.from_cache
     return target

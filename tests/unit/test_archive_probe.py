@@ -18,6 +18,7 @@ import pytest
 from image_creator.config.model import Via
 from image_creator.errors import SourceError
 from image_creator.fetch.archive_probe import MAX_INDEX_BYTES, ArchiveFacts, inspect_archive
+from image_creator.fetch.client import HttpClient
 from tests.support.archives import tar_bytes, zip_bytes
 from tests.support.httpserver import HttpServer
 from tests.support.requirements import require_tools
@@ -35,7 +36,7 @@ TREE = {
 
 def probe(server: HttpServer, path: str, data: bytes, via: Via) -> ArchiveFacts:
     url = server.add(path, data)
-    facts = inspect_archive(url, via, len(data))
+    facts = inspect_archive(HttpClient().source(url), via, len(data))
     assert_ranged_reads_only(server, path, len(data))
     return facts
 
@@ -97,7 +98,7 @@ def test_zip64_with_more_than_65535_entries(http_server: HttpServer, tmp_path: P
     with zipfile.ZipFile(path) as archive:
         assert len(archive.infolist()) == 70_000
     url = http_server.add_file("/many.zip", path)
-    facts = inspect_archive(url, Via.ZIP, path.stat().st_size)
+    facts = inspect_archive(HttpClient().source(url), Via.ZIP, path.stat().st_size)
     assert (facts.expanded, facts.entries) == (35_000, 70_000 + 7)
     assert_ranged_reads_only(http_server, "/many.zip", path.stat().st_size)
     # the ZIP64 end record says how many: the 16-bit field cannot
@@ -146,20 +147,20 @@ def test_zip64_member_over_4_gib(tmp_path: Path) -> None:
         [info] = archive.infolist()
         assert (info.filename, info.file_size) == ("big/disk.img", size)
     # read in place (file://): the test server would hash its 4 GiB to make an ETag
-    facts = inspect_archive(path.as_uri(), Via.ZIP, path.stat().st_size)
+    facts = inspect_archive(HttpClient().source(path.as_uri()), Via.ZIP, path.stat().st_size)
     assert (facts.expanded, facts.entries) == (size, 2)
 
 
 def test_not_a_zip_is_a_source_error(http_server: HttpServer) -> None:
     url = http_server.add("/fake.zip", b"<html>not found</html>" * 100)
     with pytest.raises(SourceError, match=r"/fake\.zip: not a valid archive: no zip end"):
-        inspect_archive(url, Via.ZIP, 2200)
+        inspect_archive(HttpClient().source(url), Via.ZIP, 2200)
 
 
 def test_huge_central_directory_is_not_read(http_server: HttpServer) -> None:
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 9, 9, MAX_INDEX_BYTES + 1, 10, 0)
     url = http_server.add("/huge.zip", bytes(100) + end)
-    facts = inspect_archive(url, Via.ZIP, 100 + len(end))
+    facts = inspect_archive(HttpClient().source(url), Via.ZIP, 100 + len(end))
     assert (facts.expanded, facts.entries) == (None, None)
     assert facts.note is not None and "not read" in facts.note
 
@@ -187,7 +188,7 @@ def test_gzip_isize_below_its_own_size_is_unknown(http_server: HttpServer) -> No
 
 def test_gzip_over_4_gib_is_unknown_without_reading(http_server: HttpServer) -> None:
     url = http_server.url("/huge.tar.gz")
-    facts = inspect_archive(url, Via.GZTAR, 2**32 + 1)
+    facts = inspect_archive(HttpClient().source(url), Via.GZTAR, 2**32 + 1)
     assert facts == ArchiveFacts(
         None, None, "gzip ISIZE is mod 2^32: archive over 4 GiB, size unknown"
     )
@@ -242,7 +243,7 @@ def test_xztar_of_concatenated_streams_with_padding(
 def test_not_an_xz_is_a_source_error(http_server: HttpServer) -> None:
     url = http_server.add("/fake.tar.xz", b"<html>not found</html>" * 10)
     with pytest.raises(SourceError, match=r"/fake\.tar\.xz: not a valid archive: no xz stream"):
-        inspect_archive(url, Via.XZTAR, 220)
+        inspect_archive(HttpClient().source(url), Via.XZTAR, 220)
 
 
 # the others ----------------------------------------------------------------
@@ -250,8 +251,8 @@ def test_not_an_xz_is_a_source_error(http_server: HttpServer) -> None:
 
 def test_tar_is_its_own_size_and_bztar_unknown_without_any_read(http_server: HttpServer) -> None:
     url = http_server.url("/site.tar")
-    assert inspect_archive(url, Via.TAR, 10_240) == ArchiveFacts(10_240, None)
-    facts = inspect_archive(http_server.url("/site.tar.bz2"), Via.BZTAR, 5000)
+    assert inspect_archive(HttpClient().source(url), Via.TAR, 10_240) == ArchiveFacts(10_240, None)
+    facts = inspect_archive(HttpClient().source(http_server.url("/site.tar.bz2")), Via.BZTAR, 5000)
     assert (facts.expanded, facts.entries) == (None, None)
     assert facts.note == "bzip2 does not record the expanded size"
     assert http_server.requests == ()
@@ -259,7 +260,7 @@ def test_tar_is_its_own_size_and_bztar_unknown_without_any_read(http_server: Htt
 
 def test_server_without_ranges_is_not_read(http_server: HttpServer) -> None:
     url = http_server.add("/site.zip", zip_bytes(TREE))
-    facts = inspect_archive(url, Via.ZIP, 1000, accepts_ranges=False)
+    facts = inspect_archive(HttpClient().source(url), Via.ZIP, 1000, accepts_ranges=False)
     assert facts.expanded is None
     assert facts.note == "the server does not offer ranged reads"
     assert http_server.requests == ()
@@ -268,7 +269,7 @@ def test_server_without_ranges_is_not_read(http_server: HttpServer) -> None:
 def test_local_archives_are_read_in_place(tmp_path: Path) -> None:
     path = tmp_path / "site.tar.gz"
     path.write_bytes(tar_bytes(TREE, "gz"))
-    facts = inspect_archive(path.as_uri(), Via.GZTAR, path.stat().st_size)
+    facts = inspect_archive(HttpClient().source(path.as_uri()), Via.GZTAR, path.stat().st_size)
     assert facts.expanded == len(gzip.decompress(path.read_bytes()))
 
 

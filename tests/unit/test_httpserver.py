@@ -244,3 +244,18 @@ def test_keep_alive_session_reuses_connection(served: HttpServer) -> None:
         for _ in range(3):
             assert session.get(served.url("/a.zim"), timeout=5).content == CONTENT
     assert len(served.content_gets()) == 3
+
+
+def test_a_status_fault_can_ask_to_retry_after(served: HttpServer) -> None:
+    served.fault("/a.zim", status=503, retry_after="7", times=1)
+    busy = requests.get(served.url("/a.zim"), timeout=5)
+    assert (busy.status_code, busy.headers["Retry-After"]) == (503, "7")
+    assert "Retry-After" not in requests.get(served.url("/a.zim"), timeout=5).headers
+
+
+def test_connections_are_counted(served: HttpServer) -> None:
+    with requests.Session() as session:
+        for _ in range(3):
+            session.get(served.url("/a.zim"), timeout=5)
+    requests.get(served.url("/a.zim"), timeout=5)
+    assert served.connections() == 2

@@ -13,7 +13,6 @@ import contextlib
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,11 @@ from image_creator.cache.entry import EntryKind
 from image_creator.cache.store import CacheStore, CacheWriter
 from image_creator.config.model import OCI_PLATFORM
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
-from image_creator.fetch import http, metalink, segmented
+from image_creator.fetch import metalink, segmented
 from image_creator.fetch.archives import ReadableStream
 from image_creator.fetch.checksums import Hasher, new_hasher, verify_digest
-from image_creator.fetch.http import RemoteInfo
+from image_creator.fetch.client import HttpClient
+from image_creator.fetch.responses import RemoteInfo
 from image_creator.fetch.segmented import (
     ConnectionLimiter,
     MirrorHealth,
@@ -35,6 +35,7 @@ from image_creator.fetch.segmented import (
     Source,
     Transfer,
 )
+from image_creator.fetch.source import RemoteStream
 from image_creator.system import signals
 from image_creator.ui.base import ProgressCallback, no_progress
 
@@ -61,7 +62,7 @@ def is_cacheable_url(url: str) -> bool:
 class _Tee:
     """Passes a stream through, copying every byte into a cache entry being written."""
 
-    def __init__(self, stream: http.RemoteStream, writer: CacheWriter) -> None:
+    def __init__(self, stream: RemoteStream, writer: CacheWriter) -> None:
         self._stream = stream
         self._writer = writer
         self.at_end = False
@@ -119,6 +120,7 @@ class SegmentedFile:
         url: str,
         remote: RemoteInfo,
         *,
+        client: HttpClient,
         writer: CacheWriter | None,
         limiter: ConnectionLimiter | None,
         health: MirrorHealth,
@@ -129,6 +131,7 @@ class SegmentedFile:
         self.url = url
         self.remote = remote
         self.size = remote.size
+        self._client = client
         self._writer = writer
         self._limiter = limiter
         self._health = health
@@ -148,40 +151,43 @@ class SegmentedFile:
         writer = self._writer
         # the URL the check probed (after redirects), with its validators, comes first
         sources = [Source(self.remote.url, etag=self.remote.etag)]
-        with http.make_session() as session:
-            mirrors, found = metalink.find_mirrors(session, self.url, size=self.size)
-            sources += [Source(m.url) for m in mirrors if m.url != self.remote.url]
-            strongest = found.strongest_hash() if found is not None else None
-            checks = [new_hasher(strongest[0])] if strongest is not None else []
+        session = self._client.session  # the run's: its User-Agent, pool and watches
+        mirrors, found = metalink.find_mirrors(session, self.url, size=self.size)
+        sources += [Source(m.url) for m in mirrors if m.url != self.remote.url]
+        strongest = found.strongest_hash() if found is not None else None
+        checks = [new_hasher(strongest[0])] if strongest is not None else []
 
-            def consume(data: bytes) -> None:
-                for hasher in (*hashers, *checks):
-                    hasher.update(data)
-                if writer is not None:
-                    writer.write(data)
+        def consume(data: bytes) -> None:
+            for hasher in (*hashers, *checks):
+                hasher.update(data)
+            if writer is not None:
+                writer.write(data)
 
-            with contextlib.ExitStack() as closing:
-                if isinstance(destination, Path):
-                    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                    handle = os.open(destination, flags, 0o644)
-                    closing.callback(os.close, handle)
-                    target: int | RandomAccess = handle
-                else:
-                    target = destination
-                self.outcome = segmented.fetch_segmented(
-                    target,
-                    self.size,
-                    sources,
-                    session=session,
-                    consume=consume,
-                    pieces=found.pieces if found is not None else None,
-                    limiter=self._limiter,
-                    cancelled=self._cancelled,
-                    on_progress=self._on_progress,
-                    health=self._health,
-                    min_segment=segmented.MIN_SEGMENT,
-                    min_steal=segmented.MIN_STEAL,
-                )
+        with contextlib.ExitStack() as closing:
+            if isinstance(destination, Path):
+                flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                handle = os.open(destination, flags, 0o644)
+                closing.callback(os.close, handle)
+                target: int | RandomAccess = handle
+            else:
+                target = destination
+            self.outcome = segmented.fetch_segmented(
+                target,
+                self.size,
+                sources,
+                session=session,
+                consume=consume,
+                pieces=found.pieces if found is not None else None,
+                limiter=self._limiter,
+                cancelled=self._cancelled,
+                on_progress=self._on_progress,
+                health=self._health,
+                min_segment=segmented.MIN_SEGMENT,
+                min_steal=segmented.MIN_STEAL,
+                retries=self._client.policy.retries,
+                backoff=self._client.policy.backoff,
+                timeout=self._client.timeout,
+            )
         if strongest is not None:
             verify_digest(checks[0], strongest[1], source=f"{self.url} (its metalink)")
         if writer is not None:
@@ -192,9 +198,9 @@ class SegmentedFile:
 class _Unopened:
     """The stream of a source fetched in segments: opened only if read after all."""
 
-    def __init__(self, open_stream: Callable[[], http.RemoteStream]) -> None:
+    def __init__(self, open_stream: Callable[[], RemoteStream]) -> None:
         self._open = open_stream
-        self._stream: http.RemoteStream | None = None
+        self._stream: RemoteStream | None = None
 
     def read(self, size: int = -1, /) -> bytes:
         if self._stream is None:
@@ -208,6 +214,7 @@ class _Unopened:
 
 @dataclass(frozen=True)
 class Downloads:
+    client: HttpClient  # the run's
     cache: CacheStore | None = None
     # the run's connection slots (-T), shared by segmented downloads
     connections: ConnectionLimiter | None = None
@@ -243,15 +250,13 @@ class Downloads:
         ends without an error (so after the caller verified its checksum). When
         ``cancelled`` is set, the transfer is cut and waits between retries end at once.
         A download is held to ``remote`` (what the check found) and to ``size`` (the
-        config's size of the file): see ``http.open_stream``.
+        config's size of the file): see ``HttpClient.open_stream``.
         """
-        sleep = _cancellable_sleep(cancelled)
 
-        def stream() -> http.RemoteStream:
-            return http.open_stream(
+        def stream() -> RemoteStream:
+            return self.client.open_stream(
                 url,
                 on_progress=on_progress,
-                sleep=sleep,
                 cancelled=cancelled,
                 expected=remote,
                 expected_size=size,
@@ -264,6 +269,7 @@ class Downloads:
             file = SegmentedFile(
                 url,
                 remote,
+                client=self.client,
                 writer=writer,
                 limiter=self.connections,
                 health=self.mirrors,
@@ -355,18 +361,6 @@ class ImageTarSlot:
         with exported.open("rb") as source:
             shutil.copyfileobj(source, self.writer, length=1024 * 1024)
         self.writer.complete = True
-
-
-def _cancellable_sleep(cancelled: threading.Event | None) -> http.Sleep:
-    if cancelled is None:
-        return time.sleep
-    event = cancelled
-
-    def sleep(seconds: float) -> None:
-        if event.wait(seconds):
-            raise Interrupted("cancelled")
-
-    return sleep
 
 
 def copy_file(source: Path, target: Path) -> None:

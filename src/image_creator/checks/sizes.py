@@ -21,7 +21,7 @@ from image_creator.checks.content_needs import ContentNeeds, content_needs
 from image_creator.config.units import SECTOR_SIZE, format_size, round_up
 from image_creator.context import Context
 from image_creator.errors import BuildError, OutputError, SourceError
-from image_creator.fetch import http
+from image_creator.fetch.client import HttpClient
 from image_creator.plan import BaseSource, Inventory, SizePlan
 from image_creator.system.ext4 import check_filesystem
 from image_creator.system.ext4_geometry import (
@@ -69,8 +69,8 @@ def plan_sizes(
 ) -> SizePlan:
     """The image size for this content, checked against ``output.size`` and ``--max-size``.
 
-    ``filesystem`` and ``table`` are the base's, as measured at build time; without them
-    they are read from the base at its URL (the superblock only when it is not compressed).
+    ``filesystem`` and ``table`` are the base's: as measured at build time, or as the check
+    read them at its URL (without them, the table of the inventory and an assumed geometry).
     """
     base = inventory.base
     table = table or base.table
@@ -79,8 +79,6 @@ def plan_sizes(
         before_data = data.start_bytes
         existing = data.size_bytes
         base_image = max(part.end_bytes for part in table.partitions)
-        if filesystem is None:
-            filesystem = read_data_filesystem(base, data.start_bytes)
         geometry = filesystem or assumed_geometry(existing)
     else:
         before_data = base.image.root_size or 0
@@ -156,7 +154,12 @@ def smallest_image(
 def check_sizes(ctx: Context, inventory: Inventory) -> SizePlan:
     """The image's size for this content (an upper bound when the base is compressed), checked
     against ``output.size`` and ``--max-size``."""
-    sizes = plan_sizes(inventory, requested=ctx.config.output_size, max_size=ctx.options.max_size)
+    sizes = plan_sizes(
+        inventory,
+        requested=ctx.config.output_size,
+        max_size=ctx.options.max_size,
+        filesystem=read_data_filesystem(inventory.base, ctx.http),
+    )
     show_sizes(sizes, ctx.reporter, requested=ctx.config.output_size, max_size=ctx.options.max_size)
     return sizes
 
@@ -210,13 +213,16 @@ def _content_bytes(inventory: Inventory) -> int:
     )
 
 
-def read_data_filesystem(base: BaseSource, data_start: int) -> Ext4Geometry | None:
+def read_data_filesystem(base: BaseSource, client: HttpClient) -> Ext4Geometry | None:
     """The data filesystem's superblock, read with one ranged request; None when the base
-    is compressed (the partition lies deep in the stream) or the bytes are not ext4."""
-    if base.image.is_xz:
+    is compressed (the partition lies deep in the stream), has no data partition, or the
+    bytes are not ext4."""
+    data = base.table.partition(DATA_PARTITION_NUMBER) if base.table else None
+    if data is None or base.image.is_xz:
         return None
+    data_start = data.start_bytes
     try:
-        raw = http.read_range(base.image.url, data_start + SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
+        raw = client.read_range(base.image.url, data_start + SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE)
         return parse_superblock(raw)
     except (SourceError, NotExt4Error) as exc:
         logger.debug("%s: data filesystem not read: %s", base.image.url, exc)

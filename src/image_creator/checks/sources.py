@@ -34,10 +34,12 @@ from image_creator.config.units import SECTOR_SIZE, format_size
 from image_creator.context import Context
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import BuildError, SourceError
-from image_creator.fetch import http, oci
+from image_creator.fetch import oci
 from image_creator.fetch.archive_probe import ArchiveFacts, inspect_archive
 from image_creator.fetch.checksums import parse_checksum_text
-from image_creator.fetch.http import RemoteInfo
+from image_creator.fetch.client import HttpClient
+from image_creator.fetch.responses import RemoteInfo
+from image_creator.fetch.source import Source
 from image_creator.plan import (
     BaseSource,
     FileSource,
@@ -61,7 +63,9 @@ _XZ_HEAD_STEPS = (64 * 1024, 256 * 1024, 1024 * 1024, 4 * 1024 * 1024)
 
 
 def check_sources(ctx: Context) -> Inventory:
-    inventory = inspect_sources(ctx.config, concurrency=ctx.options.concurrency, cache=ctx.cache)
+    inventory = inspect_sources(
+        ctx.config, ctx.http, concurrency=ctx.options.concurrency, cache=ctx.cache
+    )
     show_sources(inventory, ctx.reporter)
     return inventory
 
@@ -92,14 +96,14 @@ def show_sources(inventory: Inventory, reporter: Reporter) -> None:
 
 
 def inspect_sources(
-    config: Config, *, concurrency: int, cache: CacheStore | None = None
+    config: Config, client: HttpClient, *, concurrency: int, cache: CacheStore | None = None
 ) -> Inventory:
     """Every source checked concurrently; all failures are reported together, by URL."""
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="check") as pool:
-        base = pool.submit(inspect_base, config.base, cache)
-        images = [pool.submit(inspect_oci_image, image) for image in config.oci_images]
+        base = pool.submit(inspect_base, config.base, client, cache)
+        images = [pool.submit(inspect_oci_image, image, client) for image in config.oci_images]
         files = [
-            pool.submit(inspect_file, entry, f"files[{index}]", cache)
+            pool.submit(inspect_file, entry, f"files[{index}]", client, cache)
             for index, entry in enumerate(config.files)
         ]
         problems: list[str] = []
@@ -123,14 +127,17 @@ def inspect_sources(
     )
 
 
-def inspect_base(base: BaseImage, cache: CacheStore | None = None) -> BaseSource:
-    info = http.probe(base.url)
-    checksum, warnings = _base_checksum(base)
+def inspect_base(
+    base: BaseImage, client: HttpClient, cache: CacheStore | None = None
+) -> BaseSource:
+    info = client.probe(base.url)
+    checksum, warnings = _base_checksum(base, client)
     cached = None
     if cache is not None:
         cached = cache.peek(EntryKind.FILES, base.url, base.url, version=version_of(info))
     # a cached copy spares a request; the partition table only serves to compute sizes
-    head = _read_head(cached.as_uri() if cached else base.url, compressed=base.is_xz)
+    source = client.source(cached.as_uri() if cached else base.url)
+    head = _read_head(source, compressed=base.is_xz)
     table: PartitionTable | None = None
     try:
         table = parse_mbr(head)
@@ -151,7 +158,7 @@ def inspect_base(base: BaseImage, cache: CacheStore | None = None) -> BaseSource
     return BaseSource(image=base, remote=info, table=table, checksum=checksum, warnings=warnings)
 
 
-def _base_checksum(base: BaseImage) -> tuple[Checksum | None, tuple[str, ...]]:
+def _base_checksum(base: BaseImage, client: HttpClient) -> tuple[Checksum | None, tuple[str, ...]]:
     """The checksum to verify the base image with, and a warning when a release has none.
 
     An explicit checksum wins. A release number (``base: 1.4.2``) is checked against the
@@ -159,52 +166,54 @@ def _base_checksum(base: BaseImage) -> tuple[Checksum | None, tuple[str, ...]]:
     """
     if base.checksum is not None:
         return replace(
-            base.checksum, value=expected_digest(base.checksum), kind=ChecksumKind.DIGEST
+            base.checksum, value=expected_digest(base.checksum, client), kind=ChecksumKind.DIGEST
         ), ()
     if base.version is None:
         return None, ()
     sidecar = f"{base.url}.md5"
     try:
-        digest = parse_checksum_text(http.read_text(sidecar), algo=ChecksumAlgo.MD5, source=sidecar)
+        digest = parse_checksum_text(
+            client.read_text(sidecar), algo=ChecksumAlgo.MD5, source=sidecar
+        )
     except SourceError as exc:
         return None, (f"base {base.version}: no checksum to verify it with ({exc.message})",)
     return Checksum(algo=ChecksumAlgo.MD5, value=digest), ()
 
 
-def _read_head(url: str, *, compressed: bool) -> bytes:
+def _read_head(source: Source, *, compressed: bool) -> bytes:
     """The first sector of the (decompressed) image, reading as little as possible."""
     if not compressed:
-        return http.read_range(url, 0, SECTOR_SIZE)
+        return source.read_range(0, SECTOR_SIZE)
     decompressor = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
     output = b""
     offset = 0
     for end in _XZ_HEAD_STEPS:
-        chunk = http.read_range(url, offset, end - offset)
+        chunk = source.read_range(offset, end - offset)
         if not chunk:
             break
         offset += len(chunk)
         try:
             output += decompressor.decompress(chunk, max_length=SECTOR_SIZE - len(output))
         except lzma.LZMAError as exc:
-            raise SourceError(f"{url}: not a valid .xz file: {exc}") from exc
+            raise SourceError(f"{source.url}: not a valid .xz file: {exc}") from exc
         if len(output) >= SECTOR_SIZE or decompressor.eof:
             break
     return output
 
 
-def expected_digest(checksum: Checksum) -> str:
+def expected_digest(checksum: Checksum, client: HttpClient) -> str:
     """The digest to compare with: as given, or read from its URL (``kind: url``)."""
     if checksum.kind is ChecksumKind.DIGEST:
         return checksum.value
     return parse_checksum_text(
-        http.read_text(checksum.value), algo=checksum.algo, source=checksum.value
+        client.read_text(checksum.value), algo=checksum.algo, source=checksum.value
     )
 
 
-def inspect_oci_image(image: OciImage) -> ImageSource:
+def inspect_oci_image(image: OciImage, client: HttpClient) -> ImageSource:
     if isinstance(image.origin, Export):
         url = image.origin.url
-        remote = http.probe(url)
+        remote = client.probe(url)
         filesize = image.filesize or remote.size
         if filesize is None:
             raise SourceError(f"{url}: size unknown; give filesize for {image.ident}")
@@ -217,7 +226,7 @@ def inspect_oci_image(image: OciImage) -> ImageSource:
             sizes_from=ImageSizesFrom.URL,
             remote=remote,
         )
-    registry_image = oci.inspect_image(image.ident)
+    registry_image = oci.inspect_image(image.ident, client)
     from_config = image.filesize is not None and image.fullsize is not None
     return ImageSource(
         image=image,
@@ -228,8 +237,10 @@ def inspect_oci_image(image: OciImage) -> ImageSource:
     )
 
 
-def inspect_file(entry: FileEntry, label: str, cache: CacheStore | None = None) -> FileSource:
-    expected = expected_digest(entry.checksum) if entry.checksum is not None else None
+def inspect_file(
+    entry: FileEntry, label: str, client: HttpClient, cache: CacheStore | None = None
+) -> FileSource:
+    expected = expected_digest(entry.checksum, client) if entry.checksum is not None else None
     if isinstance(entry.origin, Inline):
         return FileSource(
             entry=entry,
@@ -239,12 +250,12 @@ def inspect_file(entry: FileEntry, label: str, cache: CacheStore | None = None) 
             size_from=SizeFrom.CONTENT,
         )
     url = entry.origin.url
-    info = http.probe(url)
+    info = client.probe(url)
     download_size = info.size
     if entry.size is None and download_size is None:
         raise SourceError(f"{url}: the server gives no size; set {label}.size")
     if entry.via.is_archive:
-        facts = _inspect_archive(url, entry.via, info, cache)
+        facts = _inspect_archive(client, url, entry.via, info, cache)
         return _archive_source(entry, label, info, facts, expected)
     if entry.size is not None and download_size is not None and entry.size != download_size:
         raise SourceError(
@@ -261,7 +272,7 @@ def inspect_file(entry: FileEntry, label: str, cache: CacheStore | None = None) 
 
 
 def _inspect_archive(
-    url: str, via: Via, info: RemoteInfo, cache: CacheStore | None
+    client: HttpClient, url: str, via: Via, info: RemoteInfo, cache: CacheStore | None
 ) -> ArchiveFacts:
     """What the archive holds, read from its cached copy when the cache has a current one
     (the build will take it from there too), else with ranged reads of ``url``."""
@@ -270,10 +281,10 @@ def _inspect_archive(
         cached = cache.peek(EntryKind.FILES, url, url, version=version_of(info))
     if cached is not None:
         try:
-            return inspect_archive(cached.as_uri(), via, cached.stat().st_size)
+            return inspect_archive(client.source(cached.as_uri()), via, cached.stat().st_size)
         except (OSError, SourceError) as exc:  # evicted meanwhile, or damaged: ask the source
             logger.debug("cached copy of %s not readable: %s", url, exc)
-    return inspect_archive(url, via, info.size, accepts_ranges=info.accepts_ranges)
+    return inspect_archive(client.source(url), via, info.size, accepts_ranges=info.accepts_ranges)
 
 
 def _archive_source(

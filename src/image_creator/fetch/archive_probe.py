@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from image_creator.config.model import Via
 from image_creator.config.units import format_size
 from image_creator.errors import SourceError
-from image_creator.fetch import http
+from image_creator.fetch.source import Source
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,9 @@ class ArchiveFacts:
 
 
 def inspect_archive(
-    url: str, via: Via, download_size: int | None, *, accepts_ranges: bool = True
+    source: Source, via: Via, download_size: int | None, *, accepts_ranges: bool = True
 ) -> ArchiveFacts:
-    """The expanded size (and entry count) of the archive at ``url``, from ranged reads.
+    """The expanded size (and entry count) of the archive ``source``, from ranged reads.
 
     ``download_size`` is the archive's size as the server announced it. Raises SourceError
     for a zip or xz file whose structure is broken (the build could not extract it either).
@@ -84,19 +84,20 @@ def inspect_archive(
     if not accepts_ranges:
         return ArchiveFacts(None, None, "the server does not offer ranged reads")
     if via is Via.ZIP:
-        return _inspect_zip(_TailReader(url, download_size, read_behind=_ZIP_TAIL))
+        return _inspect_zip(_TailReader(source, download_size, read_behind=_ZIP_TAIL))
     if via is Via.GZTAR:
-        return _inspect_gzip(_TailReader(url, download_size))
+        return _inspect_gzip(_TailReader(source, download_size))
     if via is Via.XZTAR:
-        return _inspect_xz(_TailReader(url, download_size, read_behind=_XZ_TAIL))
+        return _inspect_xz(_TailReader(source, download_size, read_behind=_XZ_TAIL))
     raise ValueError(f"not an archive: {via}")
 
 
 class _TailReader:
     """Ranged reads of one source, keeping its last bytes: zip and xz are read backwards."""
 
-    def __init__(self, url: str, size: int, *, read_behind: int = 0) -> None:
-        self.url = url
+    def __init__(self, source: Source, size: int, *, read_behind: int = 0) -> None:
+        self.source = source
+        self.url = source.url
         self.size = size
         # when reading before what is kept, read at least this much: the next read is there
         self.read_behind = read_behind
@@ -113,11 +114,11 @@ class _TailReader:
         if end >= self._start - _ZIP_TAIL:
             # just before what is kept: extend it, so what follows is not asked again
             start = max(0, min(offset, self._start - self.read_behind))
-            missing = http.read_range(self.url, start, self._start - start)
+            missing = self.source.read_range(start, self._start - start)
             self._check_length(missing, self._start - start)
             self._tail, self._start = missing + self._tail, start
             return self._tail[offset - start : end - start]
-        data = http.read_range(self.url, offset, length)
+        data = self.source.read_range(offset, length)
         self._check_length(data, length)
         return data
 

@@ -66,6 +66,7 @@ def place_image(
                 exported = oci.export_image(
                     image.ident,
                     staging,
+                    client=downloads.client,
                     build_dir=build_dir,
                     manifest_digest=source.manifest_digest,
                     on_progress=advance,
