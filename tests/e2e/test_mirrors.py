@@ -19,7 +19,8 @@ from image_creator.errors import ChecksumMismatchError
 from image_creator.fetch import segmented
 from image_creator.fetch.checksums import new_hasher
 from image_creator.fetch.client import HttpClient
-from image_creator.fetch.segmented import MirrorHealth, Outcome
+from image_creator.fetch.mirrors import MirrorHealth
+from image_creator.fetch.segmented import Outcome
 from tests.support.httpserver import HttpServer
 
 KIB = 1024

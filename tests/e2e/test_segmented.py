@@ -21,14 +21,8 @@ import requests
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch import segmented, watch
-from image_creator.fetch.segmented import (
-    MirrorHealth,
-    Outcome,
-    PieceHashes,
-    Source,
-    fetch_segmented,
-    plan_segments,
-)
+from image_creator.fetch.mirrors import MirrorHealth, PieceHashes, Source
+from image_creator.fetch.segmented import Outcome, fetch_segmented, plan_segments
 from tests.support.httpserver import HttpServer
 
 KIB = 1024

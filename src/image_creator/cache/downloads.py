@@ -26,15 +26,10 @@ from image_creator.fetch import metalink, segmented
 from image_creator.fetch.archives import ReadableStream
 from image_creator.fetch.checksums import Hasher, new_hasher, verify_digest
 from image_creator.fetch.client import HttpClient
+from image_creator.fetch.mirrors import MirrorHealth, Source
+from image_creator.fetch.positional import RandomAccess
 from image_creator.fetch.responses import RemoteInfo
-from image_creator.fetch.segmented import (
-    ConnectionLimiter,
-    MirrorHealth,
-    Outcome,
-    RandomAccess,
-    Source,
-    Transfer,
-)
+from image_creator.fetch.segmented import ConnectionLimiter, Outcome, Transfer
 from image_creator.fetch.source import RemoteStream
 from image_creator.system import signals
 from image_creator.ui.base import ProgressCallback, no_progress

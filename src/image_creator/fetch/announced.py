@@ -6,9 +6,9 @@ from __future__ import annotations
 import requests
 
 from image_creator.errors import SourceError
-from image_creator.fetch.responses import RemoteInfo, parse_date
+from image_creator.fetch.responses import RemoteInfo, opaque_tag, parse_date
 
-_CHANGED_HINT = "the file changed on the server since it was checked; run the build again"
+CHANGED_HINT = "the file changed on the server since it was checked; run the build again"
 
 
 def check_first_answer(
@@ -26,7 +26,7 @@ def check_first_answer(
             raise SourceError(
                 f"{url}: the download announces {size} bytes, the check found "
                 f"{expected.size} bytes",
-                hint=_CHANGED_HINT,
+                hint=CHANGED_HINT,
             )
         # another mirror has other validators: only the same URL can be compared
         if response.url == expected.url:
@@ -42,16 +42,16 @@ def _check_validators(url: str, response: requests.Response, expected: RemoteInf
     etag = response.headers.get("ETag")
     modified = parse_date(response.headers.get("Last-Modified"))
     if expected.etag and etag:
-        if _opaque_tag(etag) != _opaque_tag(expected.etag):
+        if opaque_tag(etag) != opaque_tag(expected.etag):
             raise SourceError(
                 f"{url}: its ETag is {etag} for the download, {expected.etag} when checked",
-                hint=_CHANGED_HINT,
+                hint=CHANGED_HINT,
             )
     elif expected.last_modified and modified and modified != expected.last_modified:
         raise SourceError(
             f"{url}: it was last modified {modified.isoformat()} for the "
             f"download, {expected.last_modified.isoformat()} when checked",
-            hint=_CHANGED_HINT,
+            hint=CHANGED_HINT,
         )
 
 
@@ -83,8 +83,3 @@ def same_version_known(
     return (etag is not None and response.headers.get("ETag") is not None) or (
         last_modified is not None and response.headers.get("Last-Modified") is not None
     )
-
-
-def _opaque_tag(etag: str) -> str:
-    """An ETag without its weakness mark: a server may mark one answer weak and not another."""
-    return etag.removeprefix("W/")

@@ -22,7 +22,7 @@ import requests
 
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import SourceError
-from image_creator.fetch.segmented import PieceHashes
+from image_creator.fetch.mirrors import PieceHashes
 
 logger = logging.getLogger(__name__)
 

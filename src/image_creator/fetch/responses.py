@@ -94,6 +94,11 @@ def content_range(response: requests.Response) -> tuple[int | None, int | None]:
     )
 
 
+def opaque_tag(etag: str) -> str:
+    """An ETag without its weakness mark: a server may mark one answer weak and not another."""
+    return etag.removeprefix("W/")
+
+
 def accepts_ranges(response: requests.Response) -> bool:
     return response.headers.get("Accept-Ranges", "").lower() == "bytes"
 

@@ -26,24 +26,24 @@ of a file waits for a slot, the others are taken only when free.
 from __future__ import annotations
 
 import bisect
-import errno
-import http.client
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import requests
-import urllib3.exceptions
 
 from image_creator.config.units import CHUNK
-from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
+from image_creator.fetch.announced import CHANGED_HINT
 from image_creator.fetch.checksums import new_hasher
+from image_creator.fetch.client import DEFAULT_TIMEOUT, Sleep, Timeout
+from image_creator.fetch.mirrors import MirrorHealth, PieceHashes, Source
+from image_creator.fetch.positional import FileAt, RandomAccess
+from image_creator.fetch.responses import NETWORK_ERRORS, content_range, describe, opaque_tag
+from image_creator.fetch.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from image_creator.fetch.watch import Cut, Watch
 from image_creator.system import signals
 from image_creator.ui.base import ProgressCallback, no_progress
@@ -64,11 +64,11 @@ MIN_STEAL = 4 * 1024 * 1024
 # over CRAWL_OBSERVED seconds of its connections, crawls: dropped, its segments move.
 CRAWL_FACTOR = 8
 CRAWL_OBSERVED = 5.0
-RETRIES = 5  # consecutive failures of a segment on one mirror before it is dropped
+# consecutive failures of a segment on one mirror before it is dropped: the run's policy
+RETRIES = DEFAULT_RETRIES
 STALLS = 2  # stalls a segment survives on one mirror
-BACKOFF = 1.0
+BACKOFF = DEFAULT_BACKOFF
 MAX_BACKOFF = 30.0
-TIMEOUT: tuple[float, float] = (15.0, 60.0)
 # how often the coordinating thread looks for progress, failures and free connection slots
 _TICK = 0.1
 
@@ -76,15 +76,6 @@ _TICK = 0.1
 _RETRY, _STALLED, _UNREACHABLE, _REFUSED = "retry", "stalled", "unreachable", "refused"
 
 Consume = Callable[[bytes], None]
-Sleep = Callable[[float], None]
-
-# a network error or a response cut short: the segment is tried again
-_NETWORK_ERRORS = (
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
 
 
 class ConnectionLimiter(Protocol):
@@ -93,54 +84,6 @@ class ConnectionLimiter(Protocol):
     def acquire(self, blocking: bool = ..., timeout: float | None = ...) -> bool: ...
 
     def release(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class PieceHashes:
-    """Digests of consecutive pieces of ``length`` bytes (the last one shorter)."""
-
-    algo: ChecksumAlgo
-    length: int
-    digests: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the file may be fetched. ``etag``: the strong ETag the check saw for this URL,
-    sent as ``If-Match`` (a file replaced since fails instead of mixing versions)."""
-
-    url: str
-    etag: str | None = None
-
-    @property
-    def host(self) -> str:
-        return urlsplit(self.url).netloc.lower()
-
-
-class MirrorHealth:
-    """Mirrors dropped during a run, shared by its downloads (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._dropped: dict[str, str] = {}
-
-    def drop(self, host: str, reason: str) -> bool:
-        """Drop ``host``; False when it already was."""
-        with self._lock:
-            if host in self._dropped:
-                return False
-            self._dropped[host] = reason
-        logger.warning("mirror %s dropped for the rest of the run: %s", host, reason)
-        return True
-
-    def usable(self, host: str) -> bool:
-        with self._lock:
-            return host not in self._dropped
-
-    @property
-    def dropped(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._dropped)
 
 
 @dataclass(frozen=True)
@@ -173,47 +116,6 @@ def plan_segments(size: int, connections: int, min_segment: int) -> list[tuple[i
     count = max(1, min(connections, size // max(1, min_segment)))
     step = max(1, -(-size // count))
     return [(begin, min(size, begin + step)) for begin in range(0, size, step)] or [(0, 0)]
-
-
-class RandomAccess(Protocol):
-    """Where a segmented download is written: at offsets, and read back in order."""
-
-    def reserve(self, size: int) -> None:
-        """Give the file ``size`` bytes, their room reserved."""
-        ...
-
-    def write_at(self, offset: int, data: memoryview) -> None: ...
-
-    def read_at(self, offset: int, size: int) -> bytes: ...
-
-
-class FileAt:
-    """A file descriptor as RandomAccess (``pwrite``, ``pread``, ``posix_fallocate``)."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def reserve(self, size: int) -> None:
-        preallocate(self.fd, size)
-
-    def write_at(self, offset: int, data: memoryview) -> None:
-        while data:
-            done = os.pwrite(self.fd, data, offset)
-            data, offset = data[done:], offset + done
-
-    def read_at(self, offset: int, size: int) -> bytes:
-        return os.pread(self.fd, size, offset)
-
-
-def preallocate(fd: int, size: int) -> None:
-    """Reserve the file's room now (contiguous on ext4), and give it its final length."""
-    if size:
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                raise
-    os.ftruncate(fd, size)
 
 
 @dataclass(eq=False)
@@ -275,7 +177,7 @@ class _Download:
         min_steal: int,
         retries: int,
         backoff: float,
-        timeout: float | tuple[float, float],
+        timeout: Timeout,
         sleep: Sleep | None,
     ) -> None:
         self._file = FileAt(target) if isinstance(target, int) else target
@@ -666,10 +568,10 @@ class _Download:
                     response = self._session.get(
                         source.url, headers=headers, stream=True, timeout=self._timeout
                     )
-                except _NETWORK_ERRORS as exc:
+                except NETWORK_ERRORS as exc:
                     # no connection at all: a mirror that is down, not one having a hiccup
                     unreachable = isinstance(exc, requests.ConnectionError)
-                    return self._ended(watch, _describe(exc), unreachable=unreachable)
+                    return self._ended(watch, describe(exc), unreachable=unreachable)
                 watch.register_response(response)
                 with response:
                     problem = self._check(response, segment, source, whole_file)
@@ -677,7 +579,7 @@ class _Download:
                         return problem
                     try:
                         self._receive(response, segment, source, watch)
-                    except _NETWORK_ERRORS as exc:
+                    except NETWORK_ERRORS as exc:
                         return self._ended(watch, f"connection lost ({exc})")
                     if segment.left > 0:
                         return self._ended(watch, "connection closed early")
@@ -699,21 +601,18 @@ class _Download:
     ) -> tuple[str, str] | None:
         status = response.status_code
         if status == 206:
-            first, total = _content_range(response.headers.get("Content-Range", ""))
+            first, total = content_range(response)
             if first != segment.start or total != self._size:
                 return (
                     f"answered bytes from {first} of {total}, asked from {segment.start} of "
                     f"{self._size}",
                     _REFUSED,
                 )
-            if source.etag and _opaque(response.headers.get("ETag")) not in (
-                None,
-                _opaque(source.etag),
-            ):
+            etag = response.headers.get("ETag")
+            if source.etag and etag is not None and opaque_tag(etag) != opaque_tag(source.etag):
                 raise SourceError(
-                    f"{source.url}: its ETag changed from {source.etag} to "
-                    f"{response.headers.get('ETag')}",
-                    hint="the file changed on the server since it was checked; run the build again",
+                    f"{source.url}: its ETag changed from {source.etag} to {etag}",
+                    hint=CHANGED_HINT,
                 )
             with self._lock:
                 self._state.ranged = True
@@ -784,28 +683,6 @@ class _Download:
             self._on_progress(count)
 
 
-def _describe(exc: BaseException) -> str:
-    """The innermost reason of a requests/urllib3 error, short."""
-    cause: BaseException = exc
-    while cause.__context__ is not None and cause.__context__ is not cause:
-        cause = cause.__context__
-    text = str(cause) or type(cause).__name__
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
-def _content_range(value: str) -> tuple[int | None, int | None]:
-    unit, _, spec = value.strip().partition(" ")
-    span, _, total = spec.partition("/")
-    first, _, _last = span.partition("-")
-    if unit != "bytes" or not first.isdigit():
-        return None, None
-    return int(first), int(total) if total.isdigit() else None
-
-
-def _opaque(etag: str | None) -> str | None:
-    return etag.removeprefix("W/") if etag else None
-
-
 def fetch_segmented(
     target: int | RandomAccess,
     size: int,
@@ -823,7 +700,7 @@ def fetch_segmented(
     min_steal: int = MIN_STEAL,
     retries: int = RETRIES,
     backoff: float = BACKOFF,
-    timeout: float | tuple[float, float] = TIMEOUT,
+    timeout: Timeout = DEFAULT_TIMEOUT,
     sleep: Sleep | None = None,
 ) -> Outcome:
     """Fetch ``size`` bytes from ``sources`` (the same file; best ranked first) into
