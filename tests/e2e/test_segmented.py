@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import requests
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch import segmented, watch
+from image_creator.fetch.client import HttpClient
 from image_creator.fetch.mirrors import MirrorHealth, PieceHashes, Source
 from image_creator.fetch.segmented import Outcome, fetch_segmented, plan_segments
 from tests.support.httpserver import HttpServer
@@ -274,6 +276,44 @@ def test_a_cancelled_download_stops_every_connection(
     left = {thread.name for thread in threading.enumerate()} - before
     assert not {name for name in left if name.startswith("segment-")}
     assert received < len(PAYLOAD)
+
+
+def test_a_cancelled_download_cuts_a_request_still_waiting_for_its_answer(
+    http_server: HttpServer, tmp_path: Path
+) -> None:
+    """The server takes the request and answers nothing for ten minutes, longer than the
+    client's read timeout: only the watch, told of the connection as the pool handed it out,
+    can end the wait."""
+    url = http_server.add("/big.zim", PAYLOAD)
+    http_server.fault("/big.zim", silent=600)
+    cancelled = threading.Event()
+
+    def cancel_once_asked() -> None:
+        while not http_server.content_gets("/big.zim"):
+            time.sleep(0.01)
+        cancelled.set()
+
+    canceller = threading.Thread(target=cancel_once_asked, daemon=True)
+    canceller.start()
+    fd = os.open(tmp_path / "big.zim", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with HttpClient(timeout=(15, 900)) as client, pytest.raises(Interrupted):
+            fetch_segmented(
+                fd,
+                len(PAYLOAD),
+                [Source(url)],
+                session=client.session,
+                consume=lambda data: None,
+                cancelled=cancelled,
+                max_connections=1,
+            )
+    finally:
+        os.close(fd)
+    canceller.join()
+    # the client hung up during the silence, with most of it still to come
+    hangups = http_server.hangups_for("/big.zim")
+    assert [hangup.fault for hangup in hangups] == ["silent"]
+    assert hangups[0].left > 500
 
 
 @contextlib.contextmanager

@@ -565,9 +565,12 @@ class _Download:
             try:
                 watch.arm()
                 try:
-                    response = self._session.get(
-                        source.url, headers=headers, stream=True, timeout=self._timeout
-                    )
+                    # the connection is the watch's as soon as the pool hands it out: a
+                    # cancelled run cuts even a request still waiting for its answer
+                    with watch.attached(self._session):
+                        response = self._session.get(
+                            source.url, headers=headers, stream=True, timeout=self._timeout
+                        )
                 except NETWORK_ERRORS as exc:
                     # no connection at all: a mirror that is down, not one having a hiccup
                     unreachable = isinstance(exc, requests.ConnectionError)
