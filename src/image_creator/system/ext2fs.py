@@ -87,6 +87,34 @@ blk64_t = ctypes.c_uint64
 ext2_filsys = ctypes.c_void_p  # struct_ext2_filsys *, read through _FilsysHead
 ext2_file_t = ctypes.c_void_p
 
+# ext2fs_dir_iterate2: flags, and what the callback is told of each entry
+_DIRENT_FLAG_INCLUDE_INLINE_DATA = 8
+_DIRENT_OTHER_FILE = 3  # neither "." nor ".."
+_SEEK_SET = 0
+
+
+class _DirEntry(ctypes.Structure):
+    """struct ext2_dir_entry: the name's length in the low byte of ``name_len``."""
+
+    _fields_ = (
+        ("inode", ctypes.c_uint32),
+        ("rec_len", ctypes.c_uint16),
+        ("name_len", ctypes.c_uint16),
+        ("name", ctypes.c_char * 255),
+    )
+
+
+_DIR_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ext2_ino_t,
+    ctypes.c_int,
+    ctypes.POINTER(_DirEntry),
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+)
+
 
 class Inode(ctypes.Structure):
     """``struct ext2_inode_large`` (the first 160 bytes of an on-disk inode), with the
@@ -342,6 +370,14 @@ _SIGNATURES: dict[str, tuple[_Argtypes, Any]] = {
         errcode_t,
     ),
     "ext2fs_file_flush": ((ext2_file_t,), errcode_t),
+    "ext2fs_file_llseek": (
+        (ext2_file_t, ctypes.c_uint64, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)),
+        errcode_t,
+    ),
+    "ext2fs_dir_iterate2": (
+        (ext2_filsys, ext2_ino_t, ctypes.c_int, ctypes.c_void_p, _DIR_CALLBACK, ctypes.c_void_p),
+        errcode_t,
+    ),
     "ext2fs_file_close": ((ext2_file_t,), errcode_t),
 }
 
@@ -372,6 +408,11 @@ def _libraries() -> _Libraries:
     # the ext2 error table: without it error_message() says "Unknown code ext2 38"
     ext2fs.initialize_ext2_error_table()
     return _Libraries(ext2fs=ext2fs, error_message=error_message)
+
+
+def load_libraries() -> None:
+    """Load libext2fs and libcom_err now (HostError when they cannot be)."""
+    _libraries()
 
 
 def error_message(code: int) -> str:
@@ -636,6 +677,30 @@ class Ext2Filesystem:
             raise BuildError(f"{where}: the new symbolic link cannot be found")
         return ino
 
+    def list_folder(self, directory: int, where: str) -> list[tuple[bytes, int]]:
+        """The entries of ``directory`` but "." and "..": (name, inode) pairs."""
+        found: list[tuple[bytes, int]] = []
+
+        def collect(
+            _dir: int, entry: int, dirent: Any, _offset: int, _size: int, _buf: Any, _priv: Any
+        ) -> int:
+            if entry == _DIRENT_OTHER_FILE:
+                record = dirent.contents
+                length = record.name_len & 0xFF
+                name = ctypes.string_at(ctypes.addressof(record.name), length)
+                found.append((name, int(record.inode)))
+            return 0
+
+        callback = _DIR_CALLBACK(collect)
+        self._check(
+            self._lib.ext2fs_dir_iterate2(
+                self.handle, directory, _DIRENT_FLAG_INCLUDE_INLINE_DATA, None, callback, None
+            ),
+            "list the folder",
+            where,
+        )
+        return found
+
     def read_link(self, ino: int, where: str) -> bytes:
         """The target of a symbolic link (kept in the inode when short, else in a block)."""
         inode = self.read_inode(ino, where)
@@ -669,7 +734,7 @@ class File:
         self._lib = fs._lib
         self._raw: ext2_file_t | None = raw
         self.where = where
-        self.position = 0  # files are written from the start, in order
+        self.position = 0  # where the next write goes (see seek)
 
     def __enter__(self) -> File:
         return self
@@ -724,6 +789,18 @@ class File:
                 errno.ENOSPC,
                 f"No space left on device ({counts.free_blocks * counts.block_size} bytes free)",
             )
+
+    def seek(self, offset: int) -> None:
+        """Move to byte ``offset``: the next write goes there (a gap left reads as zeros)."""
+        moved = ctypes.c_uint64()
+        self._fs._check(
+            self._lib.ext2fs_file_llseek(
+                self._open_handle(), offset, _SEEK_SET, ctypes.byref(moved)
+            ),
+            "seek",
+            self.where,
+        )
+        self.position = offset
 
     def read(self, size: int) -> bytes:
         raw = self._open_handle()
