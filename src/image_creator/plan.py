@@ -16,6 +16,7 @@ from image_creator.cache.eviction import Eviction, Incoming
 from image_creator.config.model import BaseImage, Checksum, FileEntry, OciImage
 from image_creator.fetch.archives import ExtractResult
 from image_creator.fetch.http import RemoteInfo
+from image_creator.sink import Backend
 from image_creator.system.partitions import PartitionTable
 
 
@@ -177,6 +178,8 @@ class Plan:
     sizes: SizePlan
     cache_uses: tuple[CacheUse, ...] = ()  # the sources the cache may hold (with --cache-dir)
     cache: CacheForecast | None = None  # what the cache will do (with --cache-dir)
+    backend: Backend = Backend.MOUNTED  # how the data partition is written
+    backend_reason: str = ""  # why that backend, in a few words
 
 
 @dataclass

@@ -225,18 +225,24 @@ def read_data_filesystem(base: BaseSource, data_start: int) -> Ext4Geometry | No
         return None
 
 
-def measure_data_filesystem(image: Path) -> tuple[PartitionTable, Ext4Geometry]:
+def measure_data_filesystem(
+    image: Path, *, rootless: bool = False
+) -> tuple[PartitionTable, Ext4Geometry]:
     """The fetched base image's partition table and data filesystem, checked first so that
-    the superblock's counts are the real ones."""
+    the superblock's counts are the real ones (``rootless``: through the image file)."""
     table = read_partition_table(image)
-    with attached_partition(image, data_partition(table)) as device:
+    partition = data_partition(table)
+    if rootless:
+        check_filesystem(Path(f"{image}?offset={partition.start_bytes}"), fix=True)
+        return table, read_superblock(image, offset=partition.start_bytes)
+    with attached_partition(image, partition) as device:
         check_filesystem(device, fix=True)
         return table, read_superblock(device)
 
 
-def read_superblock(device: Path) -> Ext4Geometry:
+def read_superblock(device: Path, *, offset: int = 0) -> Ext4Geometry:
     with device.open("rb") as handle:
-        handle.seek(SUPERBLOCK_OFFSET)
+        handle.seek(offset + SUPERBLOCK_OFFSET)
         raw = handle.read(SUPERBLOCK_SIZE)
     try:
         return parse_superblock(raw)
@@ -244,10 +250,10 @@ def read_superblock(device: Path) -> Ext4Geometry:
         raise BuildError(f"{device}: the data partition holds no ext4 filesystem: {exc}") from exc
 
 
-def ensure_room(device: Path, plan: SizePlan) -> None:
+def ensure_room(device: Path, plan: SizePlan, *, offset: int = 0) -> None:
     """After resizing: the filesystem has the blocks and inodes planned, or the build stops
     before writing (the size model would be wrong)."""
-    geometry = read_superblock(device)
+    geometry = read_superblock(device, offset=offset)
     fs = grown(geometry, geometry.block_count * geometry.block_size)
     if fs.available_blocks < plan.data_blocks or fs.free_inodes < plan.inodes:
         raise BuildError(
