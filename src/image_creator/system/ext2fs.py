@@ -88,8 +88,9 @@ ext2_filsys = ctypes.c_void_p  # struct_ext2_filsys *, read through _FilsysHead
 ext2_file_t = ctypes.c_void_p
 
 # ext2fs_dir_iterate2: flags, and what the callback is told of each entry
-_DIRENT_FLAG_INCLUDE_INLINE_DATA = 8
+_DIRENT_FLAGS = 0  # live entries only (a folder with inline data is refused: not iterable)
 _DIRENT_OTHER_FILE = 3  # neither "." nor ".."
+_DIRENT_ABORT = 2
 _SEEK_SET = 0
 
 
@@ -104,6 +105,7 @@ class _DirEntry(ctypes.Structure):
     )
 
 
+_NAME_OFFSET = _DirEntry.name.offset
 _DIR_CALLBACK = ctypes.CFUNCTYPE(
     ctypes.c_int,
     ext2_ino_t,
@@ -648,10 +650,20 @@ class Ext2Filesystem:
             )
             code = self._lib.ext2fs_link(self.handle, directory, name, ino, file_type)
         self._check(code, "link", where)
+        self._changed(directory, where)
 
     def unlink(self, directory: int, name: bytes, where: str) -> None:
         """Remove the entry ``name`` (the inode's link count is the caller's business)."""
         self._check(self._lib.ext2fs_unlink(self.handle, directory, name, 0, 0), "unlink", where)
+        self._changed(directory, where)
+
+    def _changed(self, directory: int, where: str) -> None:
+        """A folder whose entries changed gets the time of the change, as the kernel gives
+        it (libext2fs leaves its times as they were)."""
+        inode = self.read_inode(directory, where)
+        now = time.time_ns()
+        inode.set_times_ns(mtime_ns=now, ctime_ns=now)
+        self.write_inode(directory, inode, where)
 
     def mkdir(self, parent: int, name: bytes, where: str) -> int:
         """Create the folder ``name`` in ``parent`` (mode 0755, owner 0:0); return its inode."""
@@ -660,6 +672,7 @@ class Ext2Filesystem:
             self._check(self._lib.ext2fs_expand_dir(self.handle, parent), "grow the folder", where)
             code = self._lib.ext2fs_mkdir(self.handle, parent, 0, name)
         self._check(code, "make the folder", where)
+        self._changed(parent, where)
         ino = self.lookup(parent, name, where)
         if ino is None:
             raise BuildError(f"{where}: the new folder cannot be found")
@@ -672,6 +685,7 @@ class Ext2Filesystem:
             self._check(self._lib.ext2fs_expand_dir(self.handle, parent), "grow the folder", where)
             code = self._lib.ext2fs_symlink(self.handle, parent, 0, name, target)
         self._check(code, "make the symbolic link", where)
+        self._changed(parent, where)
         ino = self.lookup(parent, name, where)
         if ino is None:
             raise BuildError(f"{where}: the new symbolic link cannot be found")
@@ -680,25 +694,34 @@ class Ext2Filesystem:
     def list_folder(self, directory: int, where: str) -> list[tuple[bytes, int]]:
         """The entries of ``directory`` but "." and "..": (name, inode) pairs."""
         found: list[tuple[bytes, int]] = []
+        failures: list[BaseException] = []
 
         def collect(
             _dir: int, entry: int, dirent: Any, _offset: int, _size: int, _buf: Any, _priv: Any
         ) -> int:
-            if entry == _DIRENT_OTHER_FILE:
+            if entry != _DIRENT_OTHER_FILE:
+                return 0
+            try:
                 record = dirent.contents
                 length = record.name_len & 0xFF
-                name = ctypes.string_at(ctypes.addressof(record.name), length)
+                # record.name would be cut at its first NUL: read the bytes themselves
+                name = ctypes.string_at(ctypes.addressof(record) + _NAME_OFFSET, length)
                 found.append((name, int(record.inode)))
+            except BaseException as exc:  # ctypes would only print it: stop, raise it below
+                failures.append(exc)
+                return _DIRENT_ABORT
             return 0
 
         callback = _DIR_CALLBACK(collect)
         self._check(
             self._lib.ext2fs_dir_iterate2(
-                self.handle, directory, _DIRENT_FLAG_INCLUDE_INLINE_DATA, None, callback, None
+                self.handle, directory, _DIRENT_FLAGS, None, callback, None
             ),
             "list the folder",
             where,
         )
+        if failures:
+            raise failures[0]
         return found
 
     def read_link(self, ino: int, where: str) -> bytes:
