@@ -20,7 +20,13 @@ from pathlib import Path
 from image_creator.checks.content_needs import ContentNeeds, content_needs
 from image_creator.config.units import SECTOR_SIZE, format_size, round_up
 from image_creator.context import Context
-from image_creator.errors import BuildError, OutputError, SourceError
+from image_creator.errors import (
+    BuildError,
+    CommandError,
+    OutputError,
+    SourceError,
+    tail_lines,
+)
 from image_creator.fetch import http
 from image_creator.plan import BaseSource, Inventory, SizePlan
 from image_creator.system.ext4 import check_filesystem
@@ -233,11 +239,23 @@ def measure_data_filesystem(
     table = read_partition_table(image)
     partition = data_partition(table)
     if rootless:
-        check_filesystem(Path(f"{image}?offset={partition.start_bytes}"), fix=True)
+        _repair_base(Path(f"{image}?offset={partition.start_bytes}"))
         return table, read_superblock(image, offset=partition.start_bytes)
     with attached_partition(image, partition) as device:
-        check_filesystem(device, fix=True)
+        _repair_base(device)
         return table, read_superblock(device)
+
+
+def _repair_base(device: Path) -> None:
+    try:
+        check_filesystem(device, fix=True)
+    except CommandError as exc:
+        found = tail_lines(exc.stderr) or tail_lines(exc.stdout)
+        raise BuildError(
+            "the base image's data filesystem (partition 3) is damaged beyond what e2fsck "
+            f"repairs (e2fsck exit {exc.returncode}): {found}",
+            hint="check the base image's source and checksum",
+        ) from exc
 
 
 def read_superblock(device: Path, *, offset: int = 0) -> Ext4Geometry:

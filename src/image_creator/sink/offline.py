@@ -10,6 +10,7 @@ export, a zip read back with random access) get a scratch file in the build fold
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from image_creator.sink import OnReplace, Room, checked
 from image_creator.system.ext2fs import ET_INODE_ALLOC_FAIL, Ext2fsError
 from image_creator.system.offline_fs import Attributes, QueuedFile, QueuedWriter
 from image_creator.ui.base import no_progress
+
+logger = logging.getLogger(__name__)
 
 _MAX_LINK_HOPS = 40  # as the kernel's path walk (ELOOP)
 
@@ -97,8 +100,7 @@ class OfflineSink:
             yield OfflineExtractor(self.writer, stage, source=source)
             self._move(stage, target, on_replace)
         except BaseException:
-            if self.writer.stat(stage) is not None:
-                self._remove_tree(stage)
+            self._discard(stage)
             raise
 
     def make_folders(self, path: PurePosixPath) -> None:
@@ -127,6 +129,15 @@ class OfflineSink:
             return None
         inodes = error.code == ET_INODE_ALLOC_FAIL or self.room().free_inodes == 0
         return ("no inodes left" if inodes else "No space left on device"), inodes
+
+    def _discard(self, stage: PurePosixPath) -> None:
+        """Remove what an archive left in its folder; on the way out of an error, so a
+        failure here is logged and the first error is the one raised."""
+        try:
+            if self.writer.stat(stage) is not None:
+                self._remove_tree(stage)
+        except Exception as exc:
+            logger.error("/data/%s: could not remove the partial folder: %s", stage, exc)
 
     # moving a staged folder into place ----------------------------------------------------
 
@@ -262,7 +273,7 @@ class OfflineExtractor(MemberWriter):
                 raise
             created = self.files_created + self.directories_created
             inodes = exc.code == ET_INODE_ALLOC_FAIL or self.writer.free_space().free_inodes == 0
-            reason = "no inodes left" if inodes else f"No space left on device ({exc})"
+            reason = "no inodes left" if inodes else "No space left on device"
             raise NoRoomError(
                 f"{self.source}: {reason} in {self.where} after {created} entries and "
                 f"{self.bytes_written} bytes",
