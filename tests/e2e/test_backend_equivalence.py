@@ -18,6 +18,7 @@ import io
 import json
 import stat
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,14 @@ def _config(http_server: HttpServer, registry_env: Registry, base_xz: bytes) -> 
             },
             {"url": http_server.url("/sites/site.tar"), "to": "/data/contents/tar", "via": "tar"},
             {"url": http_server.url("/sites/book.zip"), "to": "/data/contents/zip", "via": "zip"},
+            # written first, then replaced by the tar's member: the tar merges into a folder
+            {"url": http_server.url("/zim/plain.bin"), "to": "/data/contents/tar/site/index.html"},
+            # extracted once the archive around it is in place
+            {
+                "url": http_server.url("/sites/site.tar"),
+                "to": "/data/contents/gz/site/nested",
+                "via": "tar",
+            },
             {"to": "/data/conf/message.txt", "content": "hello world\n"},
         ],
         "write_config": True,
@@ -175,7 +184,15 @@ def _build(config: Path, output: Path, *options: str) -> dict[str, Any]:
 
 ARCHIVED = ("contents/gz/", "contents/tar/", "contents/zip/")
 # the folders whose time an archive records (the others are made as members arrive)
-TIMED_FOLDERS = {"contents/gz/site", "contents/tar/site", "contents/zip/book"}
+# (not "contents/tar/site", made by a file entry before its archive merged into it, nor
+# "contents/gz/site", where another archive was extracted: the build wrote into them)
+TIMED_FOLDERS = {"contents/gz/site/nested/site", "contents/zip/book"}
+
+
+def _written_since(tree: dict[str, Entry], start_ns: int) -> set[str]:
+    """The entries whose mtime is the build's (a folder the build wrote into, a file it
+    wrote without a time of its own)."""
+    return {path for path, entry in tree.items() if entry.mtime_ns >= start_ns}
 
 
 def _comparable(tree: dict[str, Entry]) -> dict[str, Entry]:
@@ -216,6 +233,7 @@ def test_both_backends_build_the_same_image(
     config_path.write_text(yaml.safe_dump(_config(http_server, registry_env, base_xz)))
     out = tmp_path / "out"
     out.mkdir()
+    start_ns = time.time_ns() - 2 * 10**9  # ext4 times are the kernel's coarse clock
     builds = {
         "mounted": _build(config_path, out / "mounted.img", "--cache-dir", str(tmp_path / "c1")),
         "rootless": _build(
@@ -285,10 +303,14 @@ def test_both_backends_build_the_same_image(
     assert mounted["contents/gz/site/run.sh"].mode == 0o755
     assert mounted["contents/gz/site/run.sh"].mtime_ns == T_FILE * 10**9
     assert mounted["contents/zip/book/latest.txt"].target == "chapter1.txt"
+    assert mounted["contents/tar/site/index.html"] == mounted["contents/gz/site/index.html"]
+    assert mounted["contents/gz/site/nested/site/run.sh"].mode == 0o755
     assert mounted["image.yaml"].links == 2
     assert mounted["image.yaml"].sha256 == sha(config_path.read_bytes())
     assert len(exports["mounted"]) == 1
     for name in ("rootless", "rootless-cached"):
+        # the same entries carry the time of the build: written, or written into
+        assert _written_since(trees[name], start_ns) == _written_since(mounted, start_ns), name
         assert exports[name] == exports["mounted"], name
         assert sorted(trees[name]) == sorted(mounted), name
         expected, found = _comparable(mounted), _comparable(trees[name])
