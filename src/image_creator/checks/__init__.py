@@ -45,7 +45,9 @@ def check(ctx: Context) -> Plan:
         with ctx.timeline.step("Cache"):
             uses, forecast = check_cache(ctx, inventory)
     with ctx.timeline.step("Checking free space"):
-        settle(ctx, space_shortages(space_needs(ctx.options, inventory, sizes, forecast)))
+        rootless = backend is Backend.ROOTLESS
+        needs = space_needs(ctx.options, inventory, sizes, forecast, rootless=rootless)
+        settle(ctx, space_shortages(needs))
     return Plan(
         inventory=inventory,
         sizes=sizes,

@@ -205,6 +205,9 @@ class OfflineExtractor(MemberWriter):
         self._files: set[tuple[str, ...]] = set()
         self._dir_times: dict[tuple[str, ...], float] = {}
         self._links: dict[str, tuple[str, ...]] = {}
+        # folders known to be there (made or seen here): a folder never turns into a link
+        # or a file while the archive is extracted, so they are not looked at again
+        self._folders: set[tuple[str, ...]] = {()}
 
     def _at(self, parts: tuple[str, ...]) -> PurePosixPath:
         return self.stage.joinpath(*parts)
@@ -223,6 +226,9 @@ class OfflineExtractor(MemberWriter):
                     return None
                 resolved.pop()
                 continue
+            if (*resolved, part) in self._folders:
+                resolved.append(part)
+                continue
             entry = self.writer.stat(self._at((*resolved, part))) if walking else None
             if entry is not None and entry.kind == "symlink":
                 hops += 1
@@ -239,6 +245,8 @@ class OfflineExtractor(MemberWriter):
 
     def _make_dirs(self, name: str, parts: tuple[str, ...]) -> None:
         for depth in range(1, len(parts) + 1):
+            if parts[:depth] in self._folders:
+                continue
             entry = self.writer.stat(self._at(parts[:depth]))
             if entry is None:
                 self.writer.make_folders(self._at(parts[:depth]))
@@ -246,6 +254,7 @@ class OfflineExtractor(MemberWriter):
             elif entry.kind != "folder":
                 where = "/".join(parts[:depth])
                 raise self.error(name, f"{where} exists and is not a directory")
+            self._folders.add(parts[:depth])
 
     def _target(self, name: str, relative: PurePosixPath) -> tuple[str, ...]:
         parent = self._resolve(relative.parts[:-1])

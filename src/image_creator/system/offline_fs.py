@@ -46,6 +46,7 @@ from image_creator.system.ext2fs import (
     S_IFREG,
     VALID_FS,
     Ext2Filesystem,
+    ExtentFile,
     File,
     Inode,
 )
@@ -121,7 +122,7 @@ class PendingFile:
     temporary: bytes
     final: bytes
     ino: int
-    file: File
+    file: File | ExtentFile
     written: int = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -130,9 +131,12 @@ class PendingFile:
 
     def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at byte ``offset`` (for pieces that arrive out of order)."""
-        if self.file.position != offset:
-            self.file.seek(offset)
-        self.file.write(data)
+        if isinstance(self.file, ExtentFile):
+            self.file.write_at(offset, data)
+        else:
+            if self.file.position != offset:
+                self.file.seek(offset)
+            self.file.write(data)
         self.written += len(data)
 
 
