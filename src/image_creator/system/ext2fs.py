@@ -1086,8 +1086,8 @@ class File:
 
 class ExtentFile:
     """A file of an extent-mapped inode written in runs of whole blocks (see
-    :meth:`Ext2Filesystem.write_blocks`): bytes are gathered up to ``FLUSH_BYTES`` (or
-    written at once when they are whole blocks), a run at a time; the last block is written
+    :meth:`Ext2Filesystem.write_blocks`): bytes are gathered up to ``FLUSH_BYTES`` (fewer
+    and longer extents; a larger write goes as it is), a run at a time; the last block is written
     when the file is closed, and the inode's size set then. A block only partly written is
     completed with what it held (read back, zeros in a hole), so pieces may come in any
     order (``write_at``)."""
@@ -1125,7 +1125,8 @@ class ExtentFile:
             self._write_range(self.position, head)
             self.position += len(head)
             view = view[len(head) :]
-        if not self._tail and len(view) >= self._block_size:
+        if not self._tail and len(view) >= self.FLUSH_BYTES:
+            # large enough to be one run by itself: written without a copy
             whole = len(view) // self._block_size * self._block_size
             self._fs.write_blocks(
                 self._ino, self.position // self._block_size, view[:whole], self.where
