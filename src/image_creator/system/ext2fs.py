@@ -1197,7 +1197,8 @@ class ExtentFile:
             return
         self._open = False
         if quiet:
-            self._tail.clear()
+            # a new buffer: the old one may still be lent to the traceback being raised
+            self._tail = bytearray()
             return
         self._flush(final=True)
         inode = self._fs.read_inode(self._ino, self.where)
