@@ -1,9 +1,9 @@
 """The image build, after the checks: every step in order, every resource released.
 
 Resources are context managers entered the moment they exist: the partial image and the
-build folder on the run's ExitStack (released last), the loop device and the mount in nested
-blocks, because the data filesystem must be unmounted, checked and detached before the
-image can be published.
+build folder on the run's ExitStack (released last), the writable data filesystem (loop
+device and mount, or the offline writer: ``plan.backend``) in a block, because it must be
+closed and checked before the image can be published.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 
 from image_creator.checks.sizes import (
-    ensure_room,
     measure_data_filesystem,
     plan_sizes,
     show_sizes,
@@ -23,27 +22,21 @@ from image_creator.errors import BuildError
 from image_creator.fetch.checksums import hash_file
 from image_creator.placement import placement_rounds, run_concurrently, run_in_rounds
 from image_creator.plan import Built, Plan
+from image_creator.sink import Backend
+from image_creator.steps.data_filesystem import writable_data_filesystem
 from image_creator.steps.evict import make_room_in_cache, tidy_cache
 from image_creator.steps.fetch_base_image import fetch_base_image
 from image_creator.steps.place_files import place_file
 from image_creator.steps.place_images import place_image
 from image_creator.steps.publish import publish
 from image_creator.steps.write_configs import write_image_config, write_offspot_config
-from image_creator.system.ext4 import (
-    check_filesystem,
-    ensure_cleanly_unmounted,
-    resize_filesystem,
-)
 from image_creator.system.image import grow_data_partition, grow_image_file
-from image_creator.system.loop import attached_partition
-from image_creator.system.mount import mounted
 from image_creator.system.partitions import read_partition_table
 from image_creator.system.signals import mark_published, releasing
 from image_creator.workspace import (
     build_folder,
     default_build_dir,
     disk_faults,
-    ensure_room_to_write,
     partial_output,
     probe_size,
 )
@@ -76,7 +69,8 @@ def build(ctx: Context, plan: Plan, built: Built) -> None:
     with ctx.timeline.step("Sizing the data filesystem"):
         # the exact size, from the base's real data filesystem (the check may only have had
         # an upper bound); output.size and --max-size are checked again against it
-        table, filesystem = measure_data_filesystem(image)
+        rootless = plan.backend is Backend.ROOTLESS
+        table, filesystem = measure_data_filesystem(image, rootless=rootless)
         sizes = plan_sizes(
             inventory,
             requested=config.output_size,
@@ -91,62 +85,45 @@ def build(ctx: Context, plan: Plan, built: Built) -> None:
         grow_image_file(image, sizes.output)
         data_partition = grow_data_partition(image)
 
-    with attached_partition(image, data_partition) as device:
-        with ctx.timeline.step("Resizing data filesystem"):
-            check_filesystem(device, fix=True)
-            resize_filesystem(device)
-            check_filesystem(device, fix=True)
-            ensure_room(device, sizes)
-            ensure_room_to_write(image, sizes.content)
-
-        mountpoint = build_dir / "data"
-        mountpoint.mkdir()
-        # leaving it syncs the data filesystem and fails on any write lost since it was mounted
-        with mounted(device, mountpoint, label="the data partition") as root:
-            if inventory.images:
-                with ctx.timeline.step("Pulling OCI images"):
-                    exports = build_dir / "exports"
-                    exports.mkdir()
-                    built.images = run_concurrently(
-                        (
+    with writable_data_filesystem(
+        ctx, image, data_partition, backend=plan.backend, sizes=sizes, build_dir=build_dir
+    ) as sink:
+        if inventory.images:
+            with ctx.timeline.step("Pulling OCI images"):
+                exports = build_dir / "exports"
+                exports.mkdir()
+                built.images = run_concurrently(
+                    (
+                        functools.partial(
+                            place_image,
+                            source,
+                            sink,
+                            build_dir=exports,
+                            downloads=ctx.downloads,
+                            reporter=reporter,
+                        )
+                        for source in inventory.images
+                    ),
+                    workers=options.concurrency,
+                )
+        if inventory.files:
+            with ctx.timeline.step("Writing files"):
+                files = inventory.files
+                order = placement_rounds([(f.entry.to, f.entry.via.is_archive) for f in files])
+                everything = sum(f.download_size or 0 for f in files) or None
+                with reporter.overall("all files", everything):
+                    built.files = run_in_rounds(
+                        [
                             functools.partial(
-                                place_image,
-                                source,
-                                root,
-                                build_dir=exports,
-                                downloads=ctx.downloads,
-                                reporter=reporter,
+                                place_file, source, sink, downloads=ctx.downloads, reporter=reporter
                             )
-                            for source in inventory.images
-                        ),
+                            for source in files
+                        ],
+                        order,
                         workers=options.concurrency,
                     )
-            if inventory.files:
-                with ctx.timeline.step("Writing files"):
-                    files = inventory.files
-                    order = placement_rounds([(f.entry.to, f.entry.via.is_archive) for f in files])
-                    everything = sum(f.download_size or 0 for f in files) or None
-                    with reporter.overall("all files", everything):
-                        built.files = run_in_rounds(
-                            [
-                                functools.partial(
-                                    place_file,
-                                    source,
-                                    root,
-                                    downloads=ctx.downloads,
-                                    reporter=reporter,
-                                )
-                                for source in files
-                            ],
-                            order,
-                            workers=options.concurrency,
-                        )
-            if config.write_config:
-                write_image_config(root, config.raw)
-
-        with ctx.timeline.step("Checking data filesystem"):
-            ensure_cleanly_unmounted(device)
-            check_filesystem(device, fix=False)
+        if config.write_config:
+            write_image_config(sink, config.raw)
 
     if config.offspot:
         with ctx.timeline.step("Writing offspot.yaml"):

@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="Write a JSON record of the build (or of the check) to FILE, even on failure",
     )
+    parser.add_argument(
+        "--rootless",
+        action="store_true",
+        help="Build without root, loop devices or mounts (chosen by itself when not root "
+        "or without loop devices)",
+    )
     parser.add_argument("-D", "--debug", action="store_true", help="Verbose logs and tracebacks")
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     return parser
@@ -144,6 +150,7 @@ def parse_options(argv: Sequence[str] | None) -> Options:
         max_size=args.max_size,
         report=args.report,
         debug=args.debug,
+        rootless=args.rootless,
         release_url_template=os.environ.get(BASE_URL_TEMPLATE_ENV) or DEFAULT_BASE_URL_TEMPLATE,
     )
 

@@ -31,6 +31,7 @@ class Options:
     max_size: int | None = None
     report: Path | None = None
     debug: bool = False
+    rootless: bool = False  # write the image without root, loop devices or mounts
     # where release numbers (base: 1.2.1) are fetched from: IMAGE_CREATOR_BASE_URL_TEMPLATE
     release_url_template: str = DEFAULT_BASE_URL_TEMPLATE
 

@@ -17,6 +17,7 @@ from image_creator.config.model import BaseImage, Checksum, FileEntry, OciImage
 from image_creator.fetch.archives import ExtractResult
 from image_creator.fetch.responses import RemoteInfo
 from image_creator.fetch.segmented import Transfer
+from image_creator.sink import Backend
 from image_creator.system.partitions import PartitionTable
 
 
@@ -179,6 +180,8 @@ class Plan:
     sizes: SizePlan
     cache_uses: tuple[CacheUse, ...] = ()  # the sources the cache may hold (with --cache-dir)
     cache: CacheForecast | None = None  # what the cache will do (with --cache-dir)
+    backend: Backend = Backend.MOUNTED  # how the data partition is written
+    backend_reason: str = ""  # why that backend, in a few words
 
 
 @dataclass

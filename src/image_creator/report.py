@@ -53,6 +53,7 @@ def report_document(options: Options, outcome: Outcome, timeline: Timeline) -> d
         "files": _files(plan, built),
         "sizes": _sizes(sizes),
         "output": _output(built),
+        "backend": _backend(plan),
         "steps": [{"name": name, "seconds": round(seconds, 3)} for name, seconds in timeline.steps],
     }
 
@@ -144,6 +145,12 @@ def _sizes(sizes: SizePlan | None) -> dict[str, Any] | None:
         "existing_data": sizes.existing_data,
         "offspot_config_minimum": sizes.offspot_config_minimum,
     }
+
+
+def _backend(plan: Plan | None) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    return {"name": plan.backend.value, "reason": plan.backend_reason}
 
 
 def _output(built: Built) -> dict[str, Any] | None:

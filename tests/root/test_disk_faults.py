@@ -355,14 +355,19 @@ def test_output_name_too_long(
     ]
 
 
+@pytest.mark.parametrize("backend", [(), ("--rootless",)], ids=["mounted", "rootless"])
 def test_longest_output_name_builds(
-    small_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    backend: tuple[str, ...],
+    small_config: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A 255-byte OUTPUT name is valid: the partial image's name is cut to fit."""
+    """A 255-byte OUTPUT name is valid: the partial image's name is cut to fit (and the
+    rootless backend's side file is not named after it)."""
     folder = tmp_path / "out"
     folder.mkdir()
     output = folder / ("x" * 251 + ".img")
-    outcome = run([str(small_config), str(output)], capsys)
+    outcome = run([*backend, str(small_config), str(output)], capsys)
     assert outcome.code == 0, outcome.err
     assert sorted(path.name for path in folder.iterdir()) == [output.name]
 

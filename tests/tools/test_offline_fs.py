@@ -326,6 +326,8 @@ def test_a_full_write_reads_back_through_debugfs(tmp_path: Path) -> None:
         writer.rename("contents/readme.txt.new", "contents/readme.txt")
         writer.write_file("contents/many/0000.txt", [b"written twice\n"])
         writer.set_attributes("contents/many/0001.txt", Attributes(mode=0o400, mtime_ns=0))
+        # a folder's time changes with its entries (as in the kernel): set once they are in
+        writer.set_attributes("contents/a/b/c", Attributes(mtime_ns=MTIME))
         free_after = writer.free_space()
         assert writer.stat("contents/hard.bin") == writer.stat("contents/a/b/c/big.bin")
 
@@ -444,6 +446,41 @@ def test_running_out_of_inodes_is_a_clear_error(tmp_path: Path) -> None:
         assert caught.value.no_space
     assert "allocate an inode failed" in str(caught.value)
     fsck_clean(image, partition)
+
+
+def test_positional_writes_folders_listed_moved_and_removed(tmp_path: Path) -> None:
+    """What the rootless sink needs besides streaming: pieces written at their offset (a
+    segmented download), folders listed, renamed in place and removed once empty; a folder
+    whose entries change gets the time of the change."""
+    image = base_image(tmp_path)
+    partition = data_partition(read_partition_table(image))
+    pieces = [(offset, noise(offset, 100_000)) for offset in (300_000, 0, 200_000, 100_000)]
+    with QueuedWriter(image, partition) as writer:
+        writer.set_attributes("contents", Attributes(mtime_ns=1_000_000_000 * 10**9))
+        with writer.open_file("contents/stage/pieces.bin") as file:
+            for offset, data in pieces:
+                file.write_at(offset, data)
+            assert file.commit() == 400_000
+        with writer.open_file("contents/stage/dropped.bin") as file:
+            file.write(b"never named")
+            file.abort()
+        writer.symlink("contents/stage/link", "pieces.bin")
+        assert writer.list_folder("contents/stage") == ["link", "pieces.bin"]
+        assert writer.list_folder() == ["contents", "lost+found"]
+        writer.rename_folder("contents/stage", "final")
+        with pytest.raises(BuildError, match="not empty"):
+            writer.remove_folder("contents/final")
+        writer.make_folders("contents/empty/inner")
+        writer.remove_folder("contents/empty/inner")
+        writer.remove_folder("contents/empty")
+        assert writer.list_folder("contents") == ["final", "readme.txt"]
+        changed = writer.stat("contents")
+        assert changed is not None and changed.mtime_ns > 1_000_000_000 * 10**9
+    fsck_clean(image, partition)
+    expected = b"".join(data for _, data in sorted(pieces))
+    assert catted(image, partition, "/contents/final/pieces.bin") == expected
+    assert names_in(image, partition, "/contents") == {"final", "readme.txt"}
+    assert names_in(image, partition, "/contents/final") == {"link", "pieces.bin"}
 
 
 def test_an_error_in_the_producer_or_the_writer_reaches_the_producer(tmp_path: Path) -> None:

@@ -1,12 +1,22 @@
-"""What a build needs from the host: root, loop devices, ext4, tools."""
+"""What a build needs from the host: which backend, and what that backend needs.
+
+The mounted backend needs root, loop devices, ext4 and the tools; the rootless one needs
+only libext2fs and e2fsprogs, sfdisk and mtools (no losetup, no mount).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from image_creator.errors import HostError
+from image_creator.options import Options
+from image_creator.sink import Backend
+from image_creator.system.ext2fs import EXT2_LIBRARY, load_libraries
 from image_creator.system.run import missing_tools
 
+LOOP_CONTROL = Path("/dev/loop-control")
+ROOTLESS_TOOLS = ("sfdisk", "e2fsck", "resize2fs", "tune2fs", "dumpe2fs", "mcopy")
 BUILD_TOOLS = (
     "losetup",
     "sfdisk",
@@ -20,8 +30,24 @@ BUILD_TOOLS = (
 )
 
 
-def host_problems() -> list[str]:
-    """Everything this host lacks for a build, each with how to fix it."""
+def choose_backend(options: Options) -> tuple[Backend, str]:
+    """The backend a build uses, and why: rootless when asked, when not root, or when the
+    loop devices cannot be used; mounted otherwise."""
+    if options.rootless:
+        return Backend.ROOTLESS, "asked with --rootless"
+    if os.geteuid() != 0:
+        return Backend.ROOTLESS, "not running as root"
+    try:
+        os.close(os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        return Backend.ROOTLESS, f"no usable loop devices ({LOOP_CONTROL}: {exc.strerror})"
+    return Backend.MOUNTED, "running as root with loop devices"
+
+
+def host_problems(backend: Backend = Backend.MOUNTED) -> list[str]:
+    """Everything this host lacks for a build with ``backend``, each with how to fix it."""
+    if backend is Backend.ROOTLESS:
+        return _rootless_problems()
     problems: list[str] = []
     if os.geteuid() != 0:
         problems.append("not running as root (a build attaches loop devices and mounts them)")
@@ -43,3 +69,13 @@ def _supports_ext4() -> bool:
     # Not loaded yet, but loadable as a module on first mount.
     release = os.uname().release
     return any(Path(f"/lib/modules/{release}").glob("kernel/fs/ext4/ext4.ko*"))
+
+
+def _rootless_problems() -> list[str]:
+    problems: list[str] = []
+    try:
+        load_libraries()
+    except HostError as exc:
+        problems.append(f"{EXT2_LIBRARY} cannot be loaded ({exc}): install libext2fs2")
+    problems.extend(f"missing tool: {tool}" for tool in missing_tools(ROOTLESS_TOOLS))
+    return problems

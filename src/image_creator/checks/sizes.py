@@ -20,7 +20,13 @@ from pathlib import Path
 from image_creator.checks.content_needs import ContentNeeds, content_needs
 from image_creator.config.units import SECTOR_SIZE, format_size, round_up
 from image_creator.context import Context
-from image_creator.errors import BuildError, OutputError, SourceError
+from image_creator.errors import (
+    BuildError,
+    CommandError,
+    OutputError,
+    SourceError,
+    tail_lines,
+)
 from image_creator.fetch.client import HttpClient
 from image_creator.plan import BaseSource, Inventory, SizePlan
 from image_creator.system.ext4 import check_filesystem
@@ -229,18 +235,36 @@ def read_data_filesystem(base: BaseSource, client: HttpClient) -> Ext4Geometry |
         return None
 
 
-def measure_data_filesystem(image: Path) -> tuple[PartitionTable, Ext4Geometry]:
+def measure_data_filesystem(
+    image: Path, *, rootless: bool = False
+) -> tuple[PartitionTable, Ext4Geometry]:
     """The fetched base image's partition table and data filesystem, checked first so that
-    the superblock's counts are the real ones."""
+    the superblock's counts are the real ones (``rootless``: through the image file)."""
     table = read_partition_table(image)
-    with attached_partition(image, data_partition(table)) as device:
-        check_filesystem(device, fix=True)
+    partition = data_partition(table)
+    if rootless:
+        _repair_base(Path(f"{image}?offset={partition.start_bytes}"))
+        return table, read_superblock(image, offset=partition.start_bytes)
+    with attached_partition(image, partition) as device:
+        _repair_base(device)
         return table, read_superblock(device)
 
 
-def read_superblock(device: Path) -> Ext4Geometry:
+def _repair_base(device: Path) -> None:
+    try:
+        check_filesystem(device, fix=True)
+    except CommandError as exc:
+        found = tail_lines(exc.stderr) or tail_lines(exc.stdout)
+        raise BuildError(
+            "the base image's data filesystem (partition 3) is damaged beyond what e2fsck "
+            f"repairs (e2fsck exit {exc.returncode}): {found}",
+            hint="check the base image's source and checksum",
+        ) from exc
+
+
+def read_superblock(device: Path, *, offset: int = 0) -> Ext4Geometry:
     with device.open("rb") as handle:
-        handle.seek(SUPERBLOCK_OFFSET)
+        handle.seek(offset + SUPERBLOCK_OFFSET)
         raw = handle.read(SUPERBLOCK_SIZE)
     try:
         return parse_superblock(raw)
@@ -248,10 +272,10 @@ def read_superblock(device: Path) -> Ext4Geometry:
         raise BuildError(f"{device}: the data partition holds no ext4 filesystem: {exc}") from exc
 
 
-def ensure_room(device: Path, plan: SizePlan) -> None:
+def ensure_room(device: Path, plan: SizePlan, *, offset: int = 0) -> None:
     """After resizing: the filesystem has the blocks and inodes planned, or the build stops
     before writing (the size model would be wrong)."""
-    geometry = read_superblock(device)
+    geometry = read_superblock(device, offset=offset)
     fs = grown(geometry, geometry.block_count * geometry.block_size)
     if fs.available_blocks < plan.data_blocks or fs.free_inodes < plan.inodes:
         raise BuildError(

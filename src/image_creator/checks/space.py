@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from image_creator.config.model import Pull
+from image_creator.config.model import Pull, Via
 from image_creator.config.units import format_size
 from image_creator.options import Options
 from image_creator.plan import CacheForecast, Inventory, SizePlan
@@ -14,9 +14,15 @@ from image_creator.workspace import default_build_dir
 
 
 def space_needs(
-    options: Options, inventory: Inventory, sizes: SizePlan, cache: CacheForecast | None
+    options: Options,
+    inventory: Inventory,
+    sizes: SizePlan,
+    cache: CacheForecast | None,
+    *,
+    rootless: bool = False,
 ) -> dict[Path, int]:
-    """What a build will write, by path; paths on one volume add up."""
+    """What a build will write, by path; paths on one volume add up. A rootless build also
+    spools in the build folder what needs a host file: OCI tars, zip archives."""
     needs: dict[Path, int] = {}
     if cache is not None and options.cache_dir is not None:
         needs[options.cache_dir] = sum(use.size for use in cache.incoming)
@@ -26,6 +32,14 @@ def space_needs(
     exports = sum(
         image.fullsize for image in inventory.images if isinstance(image.image.origin, Pull)
     )
+    if rootless:
+        # spooled one at a time per worker, at worst all at once
+        exports += sum(image.filesize for image in inventory.images)
+        exports += sum(
+            source.download_size or source.expanded_size
+            for source in inventory.files
+            if source.entry.via is Via.ZIP
+        )
     if exports:
         needs[default_build_dir(options)] = exports
     return needs

@@ -18,7 +18,6 @@ import bz2
 import gzip
 import logging
 import lzma
-import os
 import stat
 import tarfile
 import time
@@ -31,6 +30,7 @@ from image_creator.config.units import CHUNK
 from image_creator.fetch.extractor import (
     Extractor,
     ExtractResult,
+    MemberWriter,
     NoRoomError,
     junk_kind,
 )
@@ -95,7 +95,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 def extract_tar_stream(
     fileobj: ReadableStream,
-    dest: Path,
+    dest: Path | MemberWriter,
     *,
     compression: TarCompression,
     on_progress: ProgressCallback = no_progress,
@@ -110,10 +110,11 @@ def extract_tar_stream(
     Reads ``fileobj`` to its end, past the end-of-archive marker. Raises SourceError naming
     the archive (and the member) for an unsafe member, a member longer than its header says,
     or corrupt input; NoRoomError when ``dest`` runs out of space or inodes. ``dest`` is
-    created if missing; on error, members already written are left there.
+    created if missing; on error, members already written are left there. ``dest`` may
+    also be a MemberWriter of its own (members written elsewhere than in a host folder).
     """
     label = source or str(getattr(fileobj, "name", "tar archive"))
-    extractor = Extractor(dest, source=label, on_progress=on_progress)
+    extractor = _writer(dest, label, on_progress)
     with ExitStack() as stack:
         decompressor = _decompressor(fileobj, compression)
         if decompressor is not None:
@@ -138,8 +139,14 @@ def extract_tar_stream(
     return extractor.result()
 
 
+def _writer(dest: Path | MemberWriter, label: str, on_progress: ProgressCallback) -> MemberWriter:
+    if isinstance(dest, MemberWriter):
+        return dest
+    return Extractor(dest, source=label, on_progress=on_progress)
+
+
 def _extract_tar_member(
-    extractor: Extractor, tar: tarfile.TarFile, member: tarfile.TarInfo
+    extractor: MemberWriter, tar: tarfile.TarFile, member: tarfile.TarInfo
 ) -> None:
     name = member.name
     if extractor.skip_junk(name, is_dir=member.isdir()) or (
@@ -186,7 +193,7 @@ def _drain(stream: ReadableStream, raw: ReadableStream, label: str) -> None:
 
 def extract_zip(
     path: Path,
-    dest: Path,
+    dest: Path | MemberWriter,
     *,
     on_progress: ProgressCallback = no_progress,
     source: str | None = None,
@@ -200,7 +207,7 @@ def extract_zip(
     records them.
     """
     label = source or str(path)
-    extractor = Extractor(dest, source=label, on_progress=on_progress)
+    extractor = _writer(dest, label, on_progress)
     with extractor.reading():
         archive = zipfile.ZipFile(path)
     with archive:
@@ -217,26 +224,24 @@ def extract_zip(
     return extractor.result()
 
 
-def _check_room(extractor: Extractor, members: list[zipfile.ZipInfo]) -> None:
+def _check_room(extractor: MemberWriter, members: list[zipfile.ZipInfo]) -> None:
     """Refuse at once an archive whose recorded sizes or member count cannot fit."""
-    try:
-        fs = os.statvfs(extractor.root)
-    except OSError:
+    room = extractor.room()
+    if room is None:
         return
-    # root may use the blocks ext4 reserves
-    free_bytes = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
+    free_bytes, free_inodes = room
     needed = sum(info.file_size for info in members)
     if needed > free_bytes:
         reason = f"the archive expands to {needed} bytes, {free_bytes} bytes free"
-        raise NoRoomError(f"{extractor.source}: {reason} in {extractor.root}", reason=reason)
-    if fs.f_files and len(members) > fs.f_favail:
-        reason = f"{len(members)} members, {fs.f_favail} inodes free"
+        raise NoRoomError(f"{extractor.source}: {reason} in {extractor.where}", reason=reason)
+    if len(members) > free_inodes:
+        reason = f"{len(members)} members, {free_inodes} inodes free"
         raise NoRoomError(
-            f"{extractor.source}: {reason} in {extractor.root}",
+            f"{extractor.source}: {reason} in {extractor.where}",
             reason=reason,
             inodes=True,
-            needs_more_than=fs.f_favail,
-            free_inodes=fs.f_favail,
+            needs_more_than=free_inodes,
+            free_inodes=free_inodes,
         )
 
 
@@ -248,7 +253,7 @@ def _zip_mtime(info: zipfile.ZipInfo) -> float | None:
 
 
 def _extract_zip_member(
-    extractor: Extractor, archive: zipfile.ZipFile, info: zipfile.ZipInfo
+    extractor: MemberWriter, archive: zipfile.ZipFile, info: zipfile.ZipInfo
 ) -> None:
     name = info.filename
     # Unix permissions and file type live in the high 16 bits, when made on Unix

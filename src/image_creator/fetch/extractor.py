@@ -17,8 +17,9 @@ import os
 import tarfile
 import zipfile
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TypeVar
@@ -99,39 +100,32 @@ def junk_kind(name: str, *, is_dir: bool = False) -> str | None:
     return None
 
 
-def _safe_file_mode(mode: int) -> int:
+def safe_file_mode(mode: int) -> int:
     """Keep permission bits, drop setuid/setgid/sticky and group/other write; owner can rw."""
     return (mode & 0o755) | 0o600
 
 
-def _safe_dir_mode(mode: int) -> int:
+def safe_dir_mode(mode: int) -> int:
     return (mode & 0o755) | 0o700
 
 
-class Extractor:
-    """Writes checked members below ``dest`` and counts what it wrote and skipped."""
+class MemberWriter(ABC):
+    """What every destination of archive members shares: names checked, junk skipped,
+    corrupt input and a full destination turned into our errors, counts kept. Subclasses
+    write the members: :class:`Extractor` into a host folder, ``sink.offline`` into an
+    unmounted filesystem."""
 
-    def __init__(self, dest: Path, *, source: str, on_progress: ProgressCallback) -> None:
-        dest.mkdir(parents=True, exist_ok=True)
-        self.root = Path(os.path.realpath(dest))
+    def __init__(self, *, source: str, on_progress: ProgressCallback, where: str) -> None:
         self.source = source
         self.on_progress = on_progress
+        self.where = where  # the destination, in messages
         self.bytes_written = 0
         self.files_created = 0
         self.directories_created = 0
         self.junk: dict[str, int] = {}
-        self.free_inodes_at_start = free_inodes(self.root)
-        # resolved paths of the regular files this archive created (hard link targets)
-        self._files: set[Path] = set()
-        # directory mtimes are set last: writing into a directory changes its mtime
-        self._dir_times: dict[Path, float] = {}
-        # links this archive made (member name -> path), checked again once all is in
-        self._links: dict[str, Path] = {}
 
     def error(self, member: str, reason: str) -> SourceError:
         return SourceError(f"{self.source}: member {member!r}: {reason}")
-
-    # paths ---------------------------------------------------------------
 
     def relative_path(self, name: str) -> PurePosixPath | None:
         """The member's path relative to ``dest`` (None for the archive root ``./``)."""
@@ -143,6 +137,98 @@ class Extractor:
         if ".." in parts:
             raise self.error(name, "'..' in path refused")
         return PurePosixPath(*parts) if parts else None
+
+    def skip_junk(self, name: str, *, is_dir: bool = False) -> bool:
+        """True (and counted) when the member is junk to leave out."""
+        kind = junk_kind(name, is_dir=is_dir)
+        if kind is None:
+            return False
+        self.junk[kind] = self.junk.get(kind, 0) + 1
+        logger.debug("%s: skipped junk member %r", self.source, name)
+        return True
+
+    def result(self) -> ExtractResult:
+        return ExtractResult(
+            bytes_written=self.bytes_written,
+            files_created=self.files_created,
+            directories_created=self.directories_created,
+            junk_skipped=sum(self.junk.values()),
+            junk_kinds=tuple(sorted(self.junk)),
+        )
+
+    def read(self, name: str, read: Callable[[int], _T], size: int) -> _T:
+        """Call an archive read, turning corrupt-input errors into a SourceError."""
+        with self.reading(name):
+            return read(size)
+
+    @contextmanager
+    def reading(self, name: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except SourceError:
+            raise
+        except _CORRUPT_INPUT_ERRORS as exc:
+            where = f"member {name!r}: " if name else ""
+            raise SourceError(f"{self.source}: {where}invalid or truncated archive: {exc}") from exc
+
+    @abstractmethod
+    def room(self) -> tuple[int, int] | None:
+        """Free bytes and free inodes of the destination (None: unknown)."""
+
+    @abstractmethod
+    def writing(self) -> AbstractContextManager[None]:
+        """Turn a full destination (no space, no inodes, over quota) into NoRoomError."""
+
+    @abstractmethod
+    def add_directory(self, name: str, mode: int | None, mtime: float | None) -> None: ...
+
+    @abstractmethod
+    def add_file(
+        self,
+        name: str,
+        content: IO[bytes],
+        *,
+        size: int,
+        mode: int | None,
+        mtime: float | None,
+    ) -> None: ...
+
+    @abstractmethod
+    def add_symlink(self, name: str, link_target: str, mtime: float | None) -> None: ...
+
+    @abstractmethod
+    def add_hardlink(self, name: str, link_target: str) -> None: ...
+
+    @abstractmethod
+    def finish(self) -> None:
+        """Once every member is in: links checked against the final tree, folder times."""
+
+
+class Extractor(MemberWriter):
+    """Writes checked members below ``dest`` and counts what it wrote and skipped."""
+
+    def __init__(self, dest: Path, *, source: str, on_progress: ProgressCallback) -> None:
+        dest.mkdir(parents=True, exist_ok=True)
+        self.root = Path(os.path.realpath(dest))
+        super().__init__(source=source, on_progress=on_progress, where=str(self.root))
+        self.free_inodes_at_start = free_inodes(self.root)
+        # resolved paths of the regular files this archive created (hard link targets)
+        self._files: set[Path] = set()
+        # directory mtimes are set last: writing into a directory changes its mtime
+        self._dir_times: dict[Path, float] = {}
+        # links this archive made (member name -> path), checked again once all is in
+        self._links: dict[str, Path] = {}
+
+    def room(self) -> tuple[int, int] | None:
+        try:
+            fs = os.statvfs(self.root)
+        except OSError:
+            return None
+        # root may use the blocks ext4 reserves
+        free_bytes = (fs.f_bfree if os.geteuid() == 0 else fs.f_bavail) * fs.f_frsize
+        return free_bytes, (fs.f_favail if fs.f_files else 2**63)
+
+    # paths ---------------------------------------------------------------
 
     def _inside(self, path: Path) -> bool:
         return path == self.root or path.is_relative_to(self.root)
@@ -177,26 +263,6 @@ class Extractor:
         path.mkdir(parents=True, mode=0o755)
         self.directories_created += len(missing)
 
-    # results -------------------------------------------------------------
-
-    def skip_junk(self, name: str, *, is_dir: bool = False) -> bool:
-        """True (and counted) when the member is junk to leave out."""
-        kind = junk_kind(name, is_dir=is_dir)
-        if kind is None:
-            return False
-        self.junk[kind] = self.junk.get(kind, 0) + 1
-        logger.debug("%s: skipped junk member %r", self.source, name)
-        return True
-
-    def result(self) -> ExtractResult:
-        return ExtractResult(
-            bytes_written=self.bytes_written,
-            files_created=self.files_created,
-            directories_created=self.directories_created,
-            junk_skipped=sum(self.junk.values()),
-            junk_kinds=tuple(sorted(self.junk)),
-        )
-
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Turn a full destination (no space, no inodes, over quota) into NoRoomError."""
@@ -224,7 +290,7 @@ class Extractor:
         self._make_dirs(name, path)
         if path != self.root:
             if mode is not None:
-                path.chmod(_safe_dir_mode(mode))
+                path.chmod(safe_dir_mode(mode))
             if mtime is not None:
                 self._dir_times[path] = mtime
 
@@ -257,7 +323,7 @@ class Extractor:
                 output.write(chunk)
                 self.bytes_written += len(chunk)
                 self.on_progress(len(chunk))
-            os.fchmod(output.fileno(), _safe_file_mode(0o644 if mode is None else mode))
+            os.fchmod(output.fileno(), safe_file_mode(0o644 if mode is None else mode))
         if mtime is not None:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
         self._files.add(path)
@@ -316,21 +382,6 @@ class Extractor:
         for path in sorted(self._dir_times, key=lambda p: len(p.parts), reverse=True):
             mtime = self._dir_times[path]
             os.utime(path, (mtime, mtime))
-
-    def read(self, name: str, read: Callable[[int], _T], size: int) -> _T:
-        """Call an archive read, turning corrupt-input errors into a SourceError."""
-        with self.reading(name):
-            return read(size)
-
-    @contextmanager
-    def reading(self, name: str | None = None) -> Iterator[None]:
-        try:
-            yield
-        except SourceError:
-            raise
-        except _CORRUPT_INPUT_ERRORS as exc:
-            where = f"member {name!r}: " if name else ""
-            raise SourceError(f"{self.source}: {where}invalid or truncated archive: {exc}") from exc
 
 
 def free_inodes(path: Path) -> int | None:

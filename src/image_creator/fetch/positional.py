@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
+@runtime_checkable
 class RandomAccess(Protocol):
     """Where a segmented download is written: at offsets, and read back in order."""
 

@@ -13,51 +13,41 @@ naming the entry; junk members (``__MACOSX/``, ``.DS_Store``, ...) are skipped a
 
 from __future__ import annotations
 
-import errno
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
+from typing import Protocol
 
-from image_creator.cache.downloads import Downloads, Fetched, copy_file
+from image_creator.cache.downloads import Downloads, Fetched
 from image_creator.config.model import Checksum, FileEntry, Inline, Via
 from image_creator.config.units import CHUNK
-from image_creator.errors import BuildError, os_reason
+from image_creator.errors import BuildError
 from image_creator.fetch.archives import NoRoomError, extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
-from image_creator.fetch.extractor import free_inodes
-from image_creator.localfile import nearly_full
-from image_creator.placement import (
-    CancellableReader,
-    Readable,
-    destination,
-    staged,
-    temporary_sibling,
-)
+from image_creator.fetch.positional import RandomAccess
+from image_creator.placement import CancellableReader, Readable
 from image_creator.plan import FileSource, PlacedFile
+from image_creator.sink import Sink, SinkFile
 from image_creator.ui.base import Reporter
-
-# Below this much free space (or with no inode left), an ENOSPC is the data partition's: the
-# same error may come from the cache volume, written to while downloading.
-_NEARLY_FULL = 64 * 1024 * 1024
 
 
 def place_file(
     source: FileSource,
-    root: Path,
+    sink: Sink,
     cancelled: threading.Event,
     *,
     downloads: Downloads,
     reporter: Reporter,
 ) -> PlacedFile:
-    """Put one config file entry in place under ``root``.
+    """Put one config file entry in place on the data partition (``sink``).
 
     Raises BuildError "no room on the data partition for ..." (or "out of inodes ...") when
     the data partition fills up, whatever filled it.
     """
     entry = source.entry
-    with _room_on(root, entry):
-        placed = _place(source, root, cancelled, downloads=downloads, reporter=reporter)
+    with _room_on(sink, entry):
+        placed = _place(source, sink, cancelled, downloads=downloads, reporter=reporter)
     if placed.junk_skipped:
         kinds = ", ".join(placed.junk_kinds)
         reporter.info(f"{entry.to}: skipped {placed.junk_skipped} junk entries ({kinds})")
@@ -65,10 +55,10 @@ def place_file(
 
 
 @contextmanager
-def _room_on(root: Path, entry: FileEntry) -> Iterator[None]:
+def _room_on(sink: Sink, entry: FileEntry) -> Iterator[None]:
     """Turn a full data partition (space or inodes) into one clear BuildError."""
     origin = entry.source_text
-    free_before = free_inodes(root)
+    free_before = sink.room().free_inodes
     try:
         yield
     except NoRoomError as exc:
@@ -81,31 +71,33 @@ def _room_on(root: Path, entry: FileEntry) -> Iterator[None]:
         raise BuildError(
             f"no room on the data partition for {entry.to} ({origin}): {exc.reason}"
         ) from exc
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not nearly_full(root, _NEARLY_FULL):
+    except (OSError, BuildError) as exc:
+        full = sink.full_reason(exc)
+        if full is None:
             raise
-        if exc.errno == errno.ENOSPC and free_inodes(root) == 0:
+        reason, inodes = full
+        if inodes:
             raise BuildError(
                 f"out of inodes on the data partition: {entry.to} needs more inodes "
                 f"({free_before} free)"
             ) from exc
         raise BuildError(
-            f"no room on the data partition for {entry.to} ({origin}): {os_reason(exc)}"
+            f"no room on the data partition for {entry.to} ({origin}): {reason}"
         ) from exc
 
 
 def _place(
     source: FileSource,
-    root: Path,
+    sink: Sink,
     cancelled: threading.Event,
     *,
     downloads: Downloads,
     reporter: Reporter,
 ) -> PlacedFile:
     entry = source.entry
-    target = destination(root, entry.relative_to_data)
+    target = entry.relative_to_data
     if isinstance(entry.origin, Inline):
-        written = _write_content(entry, entry.origin.content, target, source.expected)
+        written = _write_content(entry, entry.origin.content, sink, source.expected)
         return PlacedFile(written, from_cache=False)
     url = entry.origin.url
     expected = source.expected
@@ -117,14 +109,13 @@ def _place(
             on_progress=advance,
             cancelled=cancelled,
             size=entry.size if entry.via is Via.DIRECT else None,
-            segmentable=entry.via is Via.DIRECT,
+            segmentable=entry.via is Via.DIRECT and sink.random_access,
         ) as fetched,
     ):
         if entry.via is Via.DIRECT and _known_good(fetched, entry.checksum, expected):
             assert fetched.cached_path is not None
-            with staged(target) as staging:
-                copy_file(fetched.cached_path, staging)
-            return PlacedFile(target.stat().st_size, from_cache=True, transfer=fetched.transfer(0))
+            written = sink.copy_in(fetched.cached_path, target)
+            return PlacedFile(written, from_cache=True, transfer=fetched.transfer(0))
         hashers: list[Hasher] = []
         if entry.checksum is not None:
             hashers.append(new_hasher(entry.checksum.algo))
@@ -136,39 +127,39 @@ def _place(
                 fetched.verified(entry.checksum.algo, expected)
 
         if entry.via is Via.DIRECT:
-            with staged(target) as staging:
+            with sink.new_file(target) as file:
                 if fetched.segmented is not None:  # over several connections, in place
-                    written = fetched.segmented.into(staging, *hashers)
+                    assert isinstance(file, RandomAccess)  # asked for only when it is one
+                    written = fetched.segmented.into(file, *hashers)
                 else:
-                    written = _copy(reader, staging)
+                    written = _copy(reader, file)
                 verify()
             return PlacedFile(written, fetched.from_cache, transfer=fetched.transfer(written))
 
-        def replaced(path: Path) -> None:
+        def replaced(path: PurePosixPath) -> None:
             # the config's own files are written first: an archive member replacing one wins
-            where = PurePosixPath("/data", path.relative_to(root))
-            reporter.warning(f"{entry.to}: a member of {url} replaces {where}")
+            reporter.warning(
+                f"{entry.to}: a member of {url} replaces {PurePosixPath('/data', path)}"
+            )
 
         if entry.via is Via.ZIP:
             # zip needs random access: a cached copy is used in place, a download is spooled
-            archive = fetched.cached_path or temporary_sibling(target, ".zip-spool")
-            try:
+            with sink.scratch(target, ".zip-spool") as spool:
+                archive = fetched.cached_path or spool
                 if fetched.cached_path is None:
-                    _copy(reader, archive)
+                    with archive.open("wb") as spooled:
+                        _copy(reader, spooled)
                     verify()
                 elif not _known_good(fetched, entry.checksum, expected):
                     _drain(reader)
                     verify()
-                with staged(target, directory=True, on_replace=replaced) as staging:
-                    result = extract_zip(archive, staging, source=url)
-                return PlacedFile.extracted(result, fetched.from_cache)
-            finally:
-                if fetched.cached_path is None:
-                    archive.unlink(missing_ok=True)
-        with staged(target, directory=True, on_replace=replaced) as staging:
+                with sink.new_folder(target, source=url, on_replace=replaced) as members:
+                    result = extract_zip(archive, members, source=url)
+            return PlacedFile.extracted(result, fetched.from_cache)
+        with sink.new_folder(target, source=url, on_replace=replaced) as members:
             result = extract_tar_stream(
                 reader,
-                staging,
+                members,
                 compression=entry.via.tar_compression,  # type: ignore[arg-type]
                 source=url,
             )
@@ -182,9 +173,9 @@ def _known_good(fetched: Fetched, checksum: Checksum | None, expected: str | Non
     return fetched.from_cache and checksum is None
 
 
-def _write_content(entry: FileEntry, content: bytes, target: Path, expected: str | None) -> int:
-    with staged(target) as staging:
-        staging.write_bytes(content)
+def _write_content(entry: FileEntry, content: bytes, sink: Sink, expected: str | None) -> int:
+    with sink.new_file(entry.relative_to_data) as file:
+        file.write(content)
         if entry.checksum is not None and expected is not None:
             hasher = new_hasher(entry.checksum.algo)
             hasher.update(content)
@@ -197,10 +188,13 @@ def _drain(reader: Readable) -> None:
         pass
 
 
-def _copy(reader: Readable, path: Path) -> int:
+class _Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+def _copy(reader: Readable, file: _Writable | SinkFile) -> int:
     written = 0
-    with path.open("wb") as file:
-        while chunk := reader.read(CHUNK):
-            file.write(chunk)
-            written += len(chunk)
+    while chunk := reader.read(CHUNK):
+        file.write(chunk)
+        written += len(chunk)
     return written

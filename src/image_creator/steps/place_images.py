@@ -8,15 +8,16 @@ digest) when the policy allows it.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from image_creator.cache.downloads import Downloads, copy_file, image_cache_key
 from image_creator.config.model import DATA_ROOT, IMAGES_DIR, Export
 from image_creator.config.units import CHUNK
 from image_creator.fetch import oci
 from image_creator.fetch.oci import ExportedImage
-from image_creator.placement import CancellableReader, destination, staged
+from image_creator.placement import CancellableReader
 from image_creator.plan import ImageSource, PlacedImage
+from image_creator.sink import Sink
 from image_creator.ui.base import Reporter
 
 IMAGES_FOLDER = IMAGES_DIR.relative_to(DATA_ROOT)
@@ -24,7 +25,7 @@ IMAGES_FOLDER = IMAGES_DIR.relative_to(DATA_ROOT)
 
 def place_image(
     source: ImageSource,
-    root: Path,
+    sink: Sink,
     cancelled: threading.Event,
     *,
     build_dir: Path,
@@ -33,10 +34,11 @@ def place_image(
 ) -> PlacedImage:
     """The image's docker-load tar at /data/images/NAME.tar, verified layer by layer."""
     image = source.image
-    target = destination(root, IMAGES_FOLDER / oci.export_filename(image.ident))
+    target = IMAGES_FOLDER / oci.export_filename(image.ident)
     origin = image.origin
     label = origin.url if isinstance(origin, Export) else image.ident
-    with staged(target) as staging:
+    # a host path: the export and its verification read and write a file
+    with sink.local_file(target) as staging:
         if isinstance(origin, Export):
             with (
                 reporter.progress(image.ident, source.filesize) as advance,
@@ -76,7 +78,7 @@ def place_image(
             return _placed(target, exported, from_cache=False)
 
 
-def _placed(target: Path, exported: ExportedImage, from_cache: bool) -> PlacedImage:
+def _placed(target: PurePosixPath, exported: ExportedImage, from_cache: bool) -> PlacedImage:
     return PlacedImage(
         tar_name=target.name,
         size=exported.size,

@@ -8,7 +8,6 @@ ordering-service image by it), and ``/data/conf/image.yaml``, the reference spec
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import yaml
 
 from image_creator.config.model import CONFIG_COPIES, DATA_ROOT
-from image_creator.placement import destination, staged
+from image_creator.sink import Sink
 from image_creator.system.fat import write_fat_file
 
 OFFSPOT_CONFIG_NAME = "offspot.yaml"
@@ -28,14 +27,13 @@ def dump_yaml(document: Mapping[str, Any]) -> bytes:
     ).encode("utf-8")
 
 
-def write_image_config(root: Path, raw: bytes) -> None:
+def write_image_config(sink: Sink, raw: bytes) -> None:
     """The config's bytes as read, at /data/image.yaml and (hard-linked) /data/conf/image.yaml."""
-    first, *others = (destination(root, path.relative_to(DATA_ROOT)) for path in CONFIG_COPIES)
-    with staged(first) as staging:
-        staging.write_bytes(raw)
+    first, *others = (path.relative_to(DATA_ROOT) for path in CONFIG_COPIES)
+    with sink.new_file(first) as file:
+        file.write(raw)
     for target in others:
-        with staged(target) as staging:
-            os.link(first, staging)
+        sink.hard_link(first, target)
 
 
 def write_offspot_config(image: Path, boot_offset: int, offspot: Mapping[str, Any]) -> None:

@@ -87,6 +87,67 @@ blk64_t = ctypes.c_uint64
 ext2_filsys = ctypes.c_void_p  # struct_ext2_filsys *, read through _FilsysHead
 ext2_file_t = ctypes.c_void_p
 
+# ext2fs_dir_iterate2: flags, and what the callback is told of each entry
+_DIRENT_FLAGS = 0  # live entries only (a folder with inline data is refused: not iterable)
+_DIRENT_OTHER_FILE = 3  # neither "." nor ".."
+_DIRENT_ABORT = 2
+_SEEK_SET = 0
+
+
+class _DirEntry(ctypes.Structure):
+    """struct ext2_dir_entry: the name's length in the low byte of ``name_len``."""
+
+    _fields_ = (
+        ("inode", ctypes.c_uint32),
+        ("rec_len", ctypes.c_uint16),
+        ("name_len", ctypes.c_uint16),
+        ("name", ctypes.c_char * 255),
+    )
+
+
+class _Extent(ctypes.Structure):
+    """struct ext2fs_extent: a run of logical blocks mapped to physical ones."""
+
+    _fields_ = (
+        ("e_pblk", ctypes.c_uint64),
+        ("e_lblk", ctypes.c_uint64),
+        ("e_len", ctypes.c_uint32),
+        ("e_flags", ctypes.c_uint32),
+    )
+
+
+# ext2fs_fallocate flags: initialized extents (the data is written right after), past EOF
+_FALLOCATE_FORCE_INIT = 0x2
+_FALLOCATE_INIT_BEYOND_EOF = 0x8
+_ANY_GOAL = 2**64 - 1  # ~0ULL: the allocator picks, near the inode's group
+# ext2fs_extent_get operations and extent flags
+_EXTENT_CURRENT = 0x0000
+_EXTENT_NEXT_LEAF = 0x0007
+_EXTENT_FLAGS_UNINIT = 0x0002
+_BMAP_RET_UNINIT = 0x0001
+ET_EXTENT_NO_NEXT = 2133571452
+# struct_io_manager's function pointers: magic, name, open, close, set_blksize, read_blk,
+# write_blk, flush (ext2_io.h); io_channel_flush() is a macro, so it is called through it
+_IO_MANAGER_FLUSH_SLOT = 7
+_IO_FLUSH = ctypes.CFUNCTYPE(errcode_t, ctypes.c_void_p)
+
+
+class _IoChannelHead(ctypes.Structure):
+    _fields_ = (("magic", errcode_t), ("manager", ctypes.c_void_p))
+
+
+_NAME_OFFSET = _DirEntry.name.offset
+_DIR_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int,
+    ext2_ino_t,
+    ctypes.c_int,
+    ctypes.POINTER(_DirEntry),
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+)
+
 
 class Inode(ctypes.Structure):
     """``struct ext2_inode_large`` (the first 160 bytes of an on-disk inode), with the
@@ -130,6 +191,11 @@ class Inode(ctypes.Structure):
     @property
     def size(self) -> int:
         return int(self.i_size) | int(self.i_size_high) << 32
+
+    @size.setter
+    def size(self, value: int) -> None:
+        self.i_size = value & 0xFFFFFFFF
+        self.i_size_high = value >> 32
 
     @property
     def uid(self) -> int:
@@ -342,6 +408,46 @@ _SIGNATURES: dict[str, tuple[_Argtypes, Any]] = {
         errcode_t,
     ),
     "ext2fs_file_flush": ((ext2_file_t,), errcode_t),
+    "ext2fs_file_llseek": (
+        (ext2_file_t, ctypes.c_uint64, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)),
+        errcode_t,
+    ),
+    "ext2fs_fallocate": (
+        (
+            ext2_filsys,
+            ctypes.c_int,
+            ext2_ino_t,
+            ctypes.POINTER(Inode),
+            blk64_t,
+            blk64_t,
+            blk64_t,
+        ),
+        errcode_t,
+    ),
+    "ext2fs_extent_open2": (
+        (ext2_filsys, ext2_ino_t, ctypes.POINTER(Inode), ctypes.POINTER(ctypes.c_void_p)),
+        errcode_t,
+    ),
+    "ext2fs_extent_goto": ((ctypes.c_void_p, blk64_t), errcode_t),
+    "ext2fs_extent_get": ((ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(_Extent)), errcode_t),
+    "ext2fs_extent_free": ((ctypes.c_void_p,), None),
+    "ext2fs_bmap2": (
+        (
+            ext2_filsys,
+            ext2_ino_t,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            blk64_t,
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.POINTER(blk64_t),
+        ),
+        errcode_t,
+    ),
+    "ext2fs_dir_iterate2": (
+        (ext2_filsys, ext2_ino_t, ctypes.c_int, ctypes.c_void_p, _DIR_CALLBACK, ctypes.c_void_p),
+        errcode_t,
+    ),
     "ext2fs_file_close": ((ext2_file_t,), errcode_t),
 }
 
@@ -372,6 +478,11 @@ def _libraries() -> _Libraries:
     # the ext2 error table: without it error_message() says "Unknown code ext2 38"
     ext2fs.initialize_ext2_error_table()
     return _Libraries(ext2fs=ext2fs, error_message=error_message)
+
+
+def load_libraries() -> None:
+    """Load libext2fs and libcom_err now (HostError when they cannot be)."""
+    _libraries()
 
 
 def error_message(code: int) -> str:
@@ -422,8 +533,13 @@ class Ext2Filesystem:
             f"{image}?offset={offset}",
         )
         self._handle: ext2_filsys | None = handle
+        self.offset = offset
+        # file data is written by this process's own pwrite (see write_blocks)
+        self._data_fd: int | None = None
         try:
             self._check(self._lib.ext2fs_read_bitmaps(handle), "read the bitmaps", self.label)
+            if writable:
+                self._data_fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
         except BaseException:
             self._free()
             raise
@@ -449,10 +565,27 @@ class Ext2Filesystem:
         free the handle; an error still frees it."""
         if self._handle is None:
             return
+        try:
+            if self._data_fd is not None:
+                try:
+                    os.fsync(self._data_fd)  # the data before the metadata that points to it
+                except OSError as exc:
+                    self._free()
+                    raise Ext2fsError("sync", self.label, exc.errno or 0, str(exc)) from exc
+        finally:
+            self._close_data_fd()
+        if self._handle is None:
+            return
         handle, self._handle = self._handle, None
         self._check(self._lib.ext2fs_close_free(ctypes.byref(handle)), "close", self.label)
 
+    def _close_data_fd(self) -> None:
+        if self._data_fd is not None:
+            fd, self._data_fd = self._data_fd, None
+            os.close(fd)
+
     def _free(self) -> None:
+        self._close_data_fd()
         if self._handle is None:
             return
         handle, self._handle = self._handle, None
@@ -583,6 +716,10 @@ class Ext2Filesystem:
         self.write_inode(ino, inode, where)
         is_dir = 1 if inode.i_mode & S_IFMT == S_IFDIR else 0
         self._lib.ext2fs_inode_alloc_stats2(self.handle, ino, -1, is_dir)
+        # A block freed here (a folder's, an extent tree's) may sit in the I/O cache, not
+        # written yet; allocated again to a file whose data write_blocks writes past that
+        # cache, its late write-back would overwrite the data: written out now.
+        self._flush_io(where)
 
     # directories ------------------------------------------------------------------------
 
@@ -607,10 +744,20 @@ class Ext2Filesystem:
             )
             code = self._lib.ext2fs_link(self.handle, directory, name, ino, file_type)
         self._check(code, "link", where)
+        self._changed(directory, where)
 
     def unlink(self, directory: int, name: bytes, where: str) -> None:
         """Remove the entry ``name`` (the inode's link count is the caller's business)."""
         self._check(self._lib.ext2fs_unlink(self.handle, directory, name, 0, 0), "unlink", where)
+        self._changed(directory, where)
+
+    def _changed(self, directory: int, where: str) -> None:
+        """A folder whose entries changed gets the time of the change, as the kernel gives
+        it (libext2fs leaves its times as they were)."""
+        inode = self.read_inode(directory, where)
+        now = time.time_ns()
+        inode.set_times_ns(mtime_ns=now, ctime_ns=now)
+        self.write_inode(directory, inode, where)
 
     def mkdir(self, parent: int, name: bytes, where: str) -> int:
         """Create the folder ``name`` in ``parent`` (mode 0755, owner 0:0); return its inode."""
@@ -619,6 +766,7 @@ class Ext2Filesystem:
             self._check(self._lib.ext2fs_expand_dir(self.handle, parent), "grow the folder", where)
             code = self._lib.ext2fs_mkdir(self.handle, parent, 0, name)
         self._check(code, "make the folder", where)
+        self._changed(parent, where)
         ino = self.lookup(parent, name, where)
         if ino is None:
             raise BuildError(f"{where}: the new folder cannot be found")
@@ -631,10 +779,44 @@ class Ext2Filesystem:
             self._check(self._lib.ext2fs_expand_dir(self.handle, parent), "grow the folder", where)
             code = self._lib.ext2fs_symlink(self.handle, parent, 0, name, target)
         self._check(code, "make the symbolic link", where)
+        self._changed(parent, where)
         ino = self.lookup(parent, name, where)
         if ino is None:
             raise BuildError(f"{where}: the new symbolic link cannot be found")
         return ino
+
+    def list_folder(self, directory: int, where: str) -> list[tuple[bytes, int]]:
+        """The entries of ``directory`` but "." and "..": (name, inode) pairs."""
+        found: list[tuple[bytes, int]] = []
+        failures: list[BaseException] = []
+
+        def collect(
+            _dir: int, entry: int, dirent: Any, _offset: int, _size: int, _buf: Any, _priv: Any
+        ) -> int:
+            if entry != _DIRENT_OTHER_FILE:
+                return 0
+            try:
+                record = dirent.contents
+                length = record.name_len & 0xFF
+                # record.name would be cut at its first NUL: read the bytes themselves
+                name = ctypes.string_at(ctypes.addressof(record) + _NAME_OFFSET, length)
+                found.append((name, int(record.inode)))
+            except BaseException as exc:  # ctypes would only print it: stop, raise it below
+                failures.append(exc)
+                return _DIRENT_ABORT
+            return 0
+
+        callback = _DIR_CALLBACK(collect)
+        self._check(
+            self._lib.ext2fs_dir_iterate2(
+                self.handle, directory, _DIRENT_FLAGS, None, callback, None
+            ),
+            "list the folder",
+            where,
+        )
+        if failures:
+            raise failures[0]
+        return found
 
     def read_link(self, ino: int, where: str) -> bytes:
         """The target of a symbolic link (kept in the inode when short, else in a block)."""
@@ -642,14 +824,151 @@ class Ext2Filesystem:
         size = inode.size
         if self._lib.ext2fs_is_fast_symlink(ctypes.byref(inode)):
             return bytes(inode.i_block)[:size]
-        with self.open_file(ino, where, writable=False) as file:
+        with self._open_file(ino, where, writable=False) as file:
             return file.read(size)
 
     # file content -----------------------------------------------------------------------
 
-    def open_file(self, ino: int, where: str, *, writable: bool) -> File:
-        """An ``ext2_file_t`` on inode ``ino``; close it (a ``with`` block does, on every
-        path): closing writes its last block and its inode."""
+    def write_blocks(self, ino: int, first: int, data: memoryview, where: str) -> None:
+        """Write ``data`` (whole blocks) at logical block ``first`` of the extent-mapped
+        inode ``ino``: the blocks are allocated as initialized extents by ext2fs_fallocate,
+        then the data goes to where they are with plain pwrite calls, a run at a time.
+
+        ext2fs_file_write allocates, maps and writes a block at a time; this is the same
+        filesystem change with a few calls per run instead. Refused before anything is
+        allocated when the blocks (and the extent tree's) cannot fit (ENOSPC).
+        """
+        block_size = int(self._head().blocksize)
+        count = len(data) // block_size
+        if count * block_size != len(data) or count == 0:
+            raise BuildError(f"{where}: {len(data)} bytes are not whole blocks")
+        free = self.counts().free_blocks
+        if count + count // _EXTENTS_PER_BLOCK + _TREE_MARGIN_BLOCKS > free:
+            raise Ext2fsError(
+                "write",
+                where,
+                errno.ENOSPC,
+                f"No space left on device ({free * block_size} bytes free)",
+            )
+        inode = self.read_inode(ino, where)
+        try:
+            self._check(
+                self._lib.ext2fs_fallocate(
+                    self.handle,
+                    _FALLOCATE_FORCE_INIT | _FALLOCATE_INIT_BEYOND_EOF,
+                    ino,
+                    ctypes.byref(inode),
+                    _ANY_GOAL,
+                    first,
+                    count,
+                ),
+                "allocate blocks",
+                where,
+            )
+        finally:
+            # fallocate counts the blocks in this copy of the inode (i_blocks) only
+            self.write_inode(ino, inode, where)
+        runs = self._mapped_runs(ino, inode, first, count, where)
+        fd = self._data_fd
+        if fd is None:
+            raise BuildError(f"{where}: the filesystem is not open for writing")
+        for logical, physical, length in runs:
+            start = (logical - first) * block_size
+            piece = data[start : start + length * block_size]
+            position = self.offset + physical * block_size
+            while piece:
+                try:
+                    done = os.pwrite(fd, piece, position)
+                except OSError as exc:
+                    raise Ext2fsError("write", where, exc.errno or 0, str(exc)) from exc
+                piece, position = piece[done:], position + done
+
+    def read_block(self, ino: int, logical: int, where: str) -> bytes:
+        """The bytes of logical block ``logical`` of inode ``ino`` (zeros in a hole)."""
+        block_size = int(self._head().blocksize)
+        physical = blk64_t()
+        flags = ctypes.c_int()
+        self._check(
+            self._lib.ext2fs_bmap2(
+                self.handle,
+                ino,
+                None,
+                None,
+                0,
+                logical,
+                ctypes.byref(flags),
+                ctypes.byref(physical),
+            ),
+            "map a block",
+            where,
+        )
+        if not physical.value or flags.value & _BMAP_RET_UNINIT:
+            return bytes(block_size)
+        fd = self._data_fd
+        if fd is None:
+            raise BuildError(f"{where}: the filesystem is not open for writing")
+        data = os.pread(fd, block_size, self.offset + physical.value * block_size)
+        if len(data) != block_size:
+            raise BuildError(f"{where}: short read of block {physical.value}")
+        return data
+
+    def _mapped_runs(
+        self, ino: int, inode: Inode, first: int, count: int, where: str
+    ) -> list[tuple[int, int, int]]:
+        """(logical block, physical block, length) of each extent covering the range."""
+        handle = ctypes.c_void_p()
+        self._check(
+            self._lib.ext2fs_extent_open2(
+                self.handle, ino, ctypes.byref(inode), ctypes.byref(handle)
+            ),
+            "read the extents",
+            where,
+        )
+        runs: list[tuple[int, int, int]] = []
+        end = first + count
+        try:
+            extent = _Extent()
+            self._check(self._lib.ext2fs_extent_goto(handle, first), "find the extent", where)
+            code = self._lib.ext2fs_extent_get(handle, _EXTENT_CURRENT, ctypes.byref(extent))
+            previous = -1
+            # NEXT_LEAF comes back to the first leaf after the last: stop on a step back
+            while code == 0 and previous < extent.e_lblk < end:
+                previous = int(extent.e_lblk)
+                start = max(previous, first)
+                stop = min(previous + int(extent.e_len), end)
+                if start < stop:
+                    if extent.e_flags & _EXTENT_FLAGS_UNINIT:
+                        raise BuildError(f"{where}: an allocated extent is not initialized")
+                    runs.append((start, int(extent.e_pblk) + start - previous, stop - start))
+                code = self._lib.ext2fs_extent_get(handle, _EXTENT_NEXT_LEAF, ctypes.byref(extent))
+            if code not in (0, ET_EXTENT_NO_NEXT):
+                self._check(code, "read the extents", where)
+        finally:
+            self._lib.ext2fs_extent_free(handle)
+        if sum(length for _, _, length in runs) != count:
+            raise BuildError(f"{where}: the blocks just allocated are not all mapped")
+        return runs
+
+    def _flush_io(self, where: str) -> None:
+        """Write out the I/O channel's cached blocks (io_channel_flush; unix_io syncs the
+        file too, so this is not for every write)."""
+        io = self._head().io
+        channel = ctypes.cast(io, ctypes.POINTER(_IoChannelHead)).contents
+        slots = ctypes.cast(channel.manager, ctypes.POINTER(ctypes.c_void_p))
+        flush = _IO_FLUSH(slots[_IO_MANAGER_FLUSH_SLOT])
+        self._check(flush(io), "flush the cache", where)
+
+    def open_file(self, ino: int, where: str, *, writable: bool) -> File | ExtentFile:
+        """An open file on inode ``ino``; close it (a ``with`` block does, on every path):
+        closing writes its last block and its inode. Writing to an extent-mapped inode
+        goes through :class:`ExtentFile` (whole runs of blocks), else ``ext2_file_t``."""
+        if writable and self.uses_extents:
+            inode = self.read_inode(ino, where)
+            if inode.i_flags & _EXTENTS_FL:
+                return ExtentFile(self, ino, where, size=inode.size)
+        return self._open_file(ino, where, writable=writable)
+
+    def _open_file(self, ino: int, where: str, *, writable: bool) -> File:
         raw = ext2_file_t()
         self._check(
             self._lib.ext2fs_file_open(
@@ -669,7 +988,7 @@ class File:
         self._lib = fs._lib
         self._raw: ext2_file_t | None = raw
         self.where = where
-        self.position = 0  # files are written from the start, in order
+        self.position = 0  # where the next write goes (see seek)
 
     def __enter__(self) -> File:
         return self
@@ -725,6 +1044,18 @@ class File:
                 f"No space left on device ({counts.free_blocks * counts.block_size} bytes free)",
             )
 
+    def seek(self, offset: int) -> None:
+        """Move to byte ``offset``: the next write goes there (a gap left reads as zeros)."""
+        moved = ctypes.c_uint64()
+        self._fs._check(
+            self._lib.ext2fs_file_llseek(
+                self._open_handle(), offset, _SEEK_SET, ctypes.byref(moved)
+            ),
+            "seek",
+            self.where,
+        )
+        self.position = offset
+
     def read(self, size: int) -> bytes:
         raw = self._open_handle()
         buffer = ctypes.create_string_buffer(size)
@@ -751,6 +1082,128 @@ class File:
         if self._raw is None:
             raise BuildError(f"{self.where}: the file is closed")
         return self._raw
+
+
+class ExtentFile:
+    """A file of an extent-mapped inode written in runs of whole blocks (see
+    :meth:`Ext2Filesystem.write_blocks`): bytes are gathered up to ``FLUSH_BYTES`` (fewer
+    and longer extents; a larger write goes as it is), a run at a time; the last block is written
+    when the file is closed, and the inode's size set then. A block only partly written is
+    completed with what it held (read back, zeros in a hole), so pieces may come in any
+    order (``write_at``)."""
+
+    FLUSH_BYTES = 4 * 2**20
+
+    def __init__(self, fs: Ext2Filesystem, ino: int, where: str, *, size: int) -> None:
+        self._fs = fs
+        self._ino = ino
+        self.where = where
+        self._block_size = int(fs._head().blocksize)
+        self._tail = bytearray()  # bytes from position - len(tail), not written yet
+        self.position = 0
+        self._size = size
+        self._open = True
+
+    def __enter__(self) -> ExtentFile:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close(quiet=kind is not None)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._open:
+            raise BuildError(f"{self.where}: the file is closed")
+        view = memoryview(data).cast("B")
+        misaligned = self.position % self._block_size
+        if not self._tail and misaligned:  # after a seek: up to the next block boundary
+            head = view[: self._block_size - misaligned]
+            self._write_range(self.position, head)
+            self.position += len(head)
+            view = view[len(head) :]
+        if not self._tail and len(view) >= self.FLUSH_BYTES:
+            # large enough to be one run by itself: written without a copy
+            whole = len(view) // self._block_size * self._block_size
+            self._fs.write_blocks(
+                self._ino, self.position // self._block_size, view[:whole], self.where
+            )
+            self.position += whole
+            view = view[whole:]
+        self._tail += view
+        self.position += len(view)
+        self._size = max(self._size, self.position)
+        if len(self._tail) >= self.FLUSH_BYTES:
+            self._flush(final=False)
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at byte ``offset`` (pieces of a file may come in any order)."""
+        if not self._open:
+            raise BuildError(f"{self.where}: the file is closed")
+        self._flush(final=True)
+        self._write_range(offset, memoryview(data).cast("B"))
+        self.position = offset + len(data)
+
+    def seek(self, offset: int) -> None:
+        """Go to byte ``offset``: what follows is written from there."""
+        self._flush(final=True)
+        self.position = offset
+
+    def _flush(self, *, final: bool) -> None:
+        """Write the tail's whole blocks; ``final``: all of it (its last block completed
+        with what that block holds, or zeros)."""
+        size = self._block_size
+        start = self.position - len(self._tail)
+        whole = len(self._tail) // size * size
+        if final and len(self._tail) > whole:
+            with memoryview(self._tail) as view:
+                self._write_range(start, view)
+            self._tail.clear()
+            return
+        if whole == 0:
+            return
+        with memoryview(self._tail) as view:
+            self._fs.write_blocks(self._ino, start // size, view[:whole], self.where)
+        del self._tail[:whole]
+
+    def _write_range(self, offset: int, data: memoryview) -> None:
+        """Any range: its first and last blocks, when only partly covered, are completed
+        with what they hold (a block read back), whole blocks written as they are."""
+        if not data:
+            return
+        size = self._block_size
+        first, end = offset // size, offset + len(data)
+        last = (end - 1) // size
+        head, tail_room = offset - first * size, (last + 1) * size - end
+        if head or tail_room:
+            buffer = bytearray(self._fs.read_block(self._ino, first, self.where))
+            if last > first:
+                buffer += bytes((last - first - 1) * size)
+                buffer += self._fs.read_block(self._ino, last, self.where)
+            buffer[head : head + len(data)] = data
+            with memoryview(buffer) as view:
+                self._fs.write_blocks(self._ino, first, view, self.where)
+        else:
+            self._fs.write_blocks(self._ino, first, data, self.where)
+        self._size = max(self._size, end)
+
+    def close(self, *, quiet: bool = False) -> None:
+        """Write the last block and the size. ``quiet``: on the way out of an error, where
+        the file is discarded: nothing more is written."""
+        if not self._open:
+            return
+        self._open = False
+        if quiet:
+            # a new buffer: the old one may still be lent to the traceback being raised
+            self._tail = bytearray()
+            return
+        self._flush(final=True)
+        inode = self._fs.read_inode(self._ino, self.where)
+        inode.size = self._size
+        self._fs.write_inode(self._ino, inode, self.where)
 
 
 def _address(view: memoryview) -> tuple[int, object]:

@@ -35,6 +35,7 @@ from image_creator.config.units import NAME_MAX
 from image_creator.errors import BuildError
 from image_creator.system.ext2fs import (
     ERROR_FS,
+    FT_DIR,
     FT_REG_FILE,
     FT_SYMLINK,
     LINK_MAX,
@@ -45,6 +46,7 @@ from image_creator.system.ext2fs import (
     S_IFREG,
     VALID_FS,
     Ext2Filesystem,
+    ExtentFile,
     File,
     Inode,
 )
@@ -120,11 +122,21 @@ class PendingFile:
     temporary: bytes
     final: bytes
     ino: int
-    file: File
+    file: File | ExtentFile
     written: int = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.file.write(data)
+        self.written += len(data)
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at byte ``offset`` (for pieces that arrive out of order)."""
+        if isinstance(self.file, ExtentFile):
+            self.file.write_at(offset, data)
+        else:
+            if self.file.position != offset:
+                self.file.seek(offset)
+            self.file.write(data)
         self.written += len(data)
 
 
@@ -454,6 +466,47 @@ class OfflineFilesystem:
             mtime_ns=inode.mtime_ns(),
         )
 
+    def list_folder(self, path: PathLike | None = None) -> list[str]:
+        """The names in the folder ``path`` (None: the partition's root), links unfollowed."""
+        fs = self._ext2
+        if path is None:
+            return sorted(os.fsdecode(name) for name, _ in fs.list_folder(ROOT_INO, "/"))
+        parts = self._parts(path)
+        shown = self._shown(parts)
+        ino = self._folder(parts, shown, create=False)
+        return sorted(os.fsdecode(name) for name, _ in fs.list_folder(ino, shown))
+
+    def remove_folder(self, path: PathLike) -> None:
+        """Remove the empty folder ``path``."""
+        parts = self._parts(path)
+        shown = self._shown(parts)
+        fs = self._ext2
+        parent = self._folder(parts[:-1], shown, create=False)
+        ino = self._folder(parts, shown, create=False)
+        if fs.list_folder(ino, shown):
+            raise BuildError(f"{shown}: cannot remove a folder that is not empty")
+        fs.unlink(parent, parts[-1], shown)
+        inode = fs.read_inode(parent, shown)
+        inode.i_links_count -= 1  # its ".." is gone
+        inode.set_times_ns(mtime_ns=time.time_ns(), ctime_ns=time.time_ns())
+        fs.write_inode(parent, inode, shown)
+        fs.release_inode(ino, shown)
+
+    def rename_folder(self, path: PathLike, name: str) -> None:
+        """Give the folder ``path`` the name ``name`` in the same parent, where nothing has
+        that name yet (its ".." and every link count stay as they are)."""
+        parts = self._parts(path)
+        shown = self._shown(parts)
+        (new,) = self._parts(name)
+        target = self._shown((*parts[:-1], new))
+        fs = self._ext2
+        parent = self._folder(parts[:-1], shown, create=False)
+        ino = self._folder(parts, shown, create=False)
+        if fs.lookup(parent, new, target) is not None:
+            raise BuildError(f"{target}: already exists: cannot move {shown} there")
+        fs.link(parent, new, ino, FT_DIR, target)
+        fs.unlink(parent, parts[-1], shown)
+
     def read_link(self, path: PathLike) -> str:
         parts = self._parts(path)
         shown = self._shown(parts)
@@ -684,6 +737,12 @@ class QueuedWriter:
             raise
         return self.call(lambda fs: _commit(fs, pending, stream, attributes))
 
+    def open_file(self, path: PathLike, *, mode: int = FILE_MODE) -> QueuedFile:
+        """A file at ``path`` under a temporary name, written to from this thread (see
+        :class:`QueuedFile`); it takes its name on ``commit``."""
+        pending = self.call(lambda fs: fs.begin_file(path, mode=mode))
+        return QueuedFile(self, pending)
+
     def make_folders(self, path: PathLike, attributes: Attributes = KEEP) -> None:
         self.call(lambda fs: fs.make_folders(path, attributes))
 
@@ -708,9 +767,75 @@ class QueuedWriter:
     def free_space(self) -> FreeSpace:
         return self.call(lambda fs: fs.free_space())
 
+    def list_folder(self, path: PathLike | None = None) -> list[str]:
+        return self.call(lambda fs: fs.list_folder(path))
+
+    def remove_folder(self, path: PathLike) -> None:
+        self.call(lambda fs: fs.remove_folder(path))
+
+    def rename_folder(self, path: PathLike, name: str) -> None:
+        self.call(lambda fs: fs.rename_folder(path, name))
+
+    def read_link(self, path: PathLike) -> str:
+        return self.call(lambda fs: fs.read_link(path))
+
+
+class QueuedFile:
+    """A file being written through a :class:`QueuedWriter`: writes are queued (the caller
+    goes on producing while the writer thread writes); the first failed write is raised by
+    a later write or by :meth:`commit`, which moves the file onto its name. :meth:`abort`
+    (or leaving a ``with`` block on an error) drops it."""
+
+    def __init__(self, writer: QueuedWriter, pending: PendingFile) -> None:
+        self._writer = writer
+        self._pending = pending
+        self._stream = _Stream()
+        self._done = False
+
+    def __enter__(self) -> QueuedFile:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if not self._done:
+            self.abort()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        for piece in _pieces(data):
+            self._queue(functools.partial(_write, self._pending, piece))
+
+    def write_at(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        for piece in _pieces(data):
+            self._queue(functools.partial(_write_at, self._pending, offset, piece))
+            offset += len(piece)
+
+    def _queue(self, operation: Callable[[OfflineFilesystem], object]) -> None:
+        if self._stream.error is not None:
+            raise self._stream.error
+        self._writer._put(_Job(operation, stream=self._stream))
+
+    def commit(self, attributes: Attributes = KEEP) -> int:
+        """Wait for the queued writes, then give the file its name; the bytes written."""
+        self._done = True
+        pending, stream = self._pending, self._stream
+        return self._writer.call(lambda fs: _commit(fs, pending, stream, attributes))
+
+    def abort(self) -> None:
+        self._done = True
+        pending = self._pending
+        self._writer.call(lambda fs: fs.discard_file(pending))
+
 
 def _write(pending: PendingFile, piece: bytes, _fs: OfflineFilesystem) -> None:
     pending.write(piece)
+
+
+def _write_at(pending: PendingFile, offset: int, piece: bytes, _fs: OfflineFilesystem) -> None:
+    pending.write_at(offset, piece)
 
 
 def _commit(

@@ -48,7 +48,8 @@ def grow_filesystem_offline(
     side file is resized and checked clean.
     """
     folder = work_dir if work_dir is not None else image.parent
-    handle, name = tempfile.mkstemp(prefix=f".{image.name}.data-", suffix=".ext4", dir=folder)
+    # not named after the image: its name may already take the 255 bytes a name has
+    handle, name = tempfile.mkstemp(prefix=".data-partition-", suffix=".ext4", dir=folder)
     side = Path(name)
     try:
         os.close(handle)
