@@ -67,7 +67,8 @@ class MountedSink:
     @contextmanager
     def new_file(self, path: PurePosixPath, *, mode: int = 0o644) -> Iterator[_MountedFile]:
         with staged(self._target(path)) as staging:
-            with staging.open("wb") as file:
+            # read and write: a segmented download reads what it wrote back, in order
+            with staging.open("w+b") as file:
                 yield _MountedFile(file)
             if mode != 0o644:
                 staging.chmod(mode)
