@@ -57,8 +57,8 @@ from image_creator.digests import ChecksumAlgo
 from image_creator.fetch.archives import extract_tar_stream
 from image_creator.fetch.checksums import HashingReader, new_hasher
 from image_creator.fetch.client import HttpClient
+from image_creator.progress import no_progress
 from image_creator.steps.fetch_base_image import fetch_base_image
-from image_creator.ui.base import no_progress
 
 MIB = 1024 * 1024
 CHUNK = MIB

@@ -15,7 +15,6 @@ from image_creator.checks.sizes import (
     plan_sizes,
     show_sizes,
 )
-from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import BuildError
@@ -33,6 +32,7 @@ from image_creator.steps.write_configs import write_image_config, write_offspot_
 from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.partitions import read_partition_table
 from image_creator.system.signals import mark_published, releasing
+from image_creator.units import format_size
 from image_creator.workspace import (
     build_folder,
     default_build_dir,

@@ -12,13 +12,13 @@ from typing import NoReturn
 
 from image_creator.__about__ import __version__
 from image_creator.config.model import BASE_URL_TEMPLATE_ENV, DEFAULT_BASE_URL_TEMPLATE
-from image_creator.config.units import UnitError, parse_size
 from image_creator.errors import ExitCode, ImageCreatorError, exit_code_for, one_line
 from image_creator.options import DEFAULT_CONCURRENCY, Options
 from image_creator.pipeline import run
 from image_creator.system import signals
 from image_creator.ui.base import Reporter
 from image_creator.ui.console import ConsoleReporter
+from image_creator.units import UnitError, parse_size
 
 logger = logging.getLogger("image_creator")
 

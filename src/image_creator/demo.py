@@ -27,10 +27,10 @@ from pathlib import Path, PurePosixPath
 
 import yaml
 
-from image_creator.config.units import SECTOR_SIZE
 from image_creator.errors import ImageCreatorError
 from image_creator.system.partitions import Partition, read_partition_table
 from image_creator.system.run import run
+from image_creator.units import SECTOR_SIZE
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Protocol, TypeVar
 
-from image_creator.config.units import NAME_MAX
 from image_creator.errors import BuildError, Interrupted, os_reason
 from image_creator.system.signals import releasing
+from image_creator.units import NAME_MAX
 
 _T = TypeVar("_T")
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from image_creator.config.units import NAME_MAX, format_size
 from image_creator.errors import BuildError, HostError, OutputError, os_reason
 from image_creator.localfile import nearly_full
 from image_creator.options import Options
@@ -47,6 +46,7 @@ from image_creator.system.mount import (
 )
 from image_creator.system.signals import releasing
 from image_creator.ui.base import Reporter
+from image_creator.units import NAME_MAX, format_size
 
 logger = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import pytest
 import yaml
 
 from image_creator.cli import main
-from image_creator.config.units import format_size
 from image_creator.demo import DEFAULT_DATA_FILES, BaseImageLayout, make_base_image
 from image_creator.report import SCHEMA_PATH
 from image_creator.ui.console import ConsoleReporter
+from image_creator.units import format_size
 from tests.support.archives import tar_bytes, zip_bytes
 from tests.support.httpserver import HttpServer
 from tests.support.image_files import BuiltImage, tree_digests

@@ -39,9 +39,10 @@ import yaml
 
 from image_creator.cli import main
 from image_creator.demo import BaseImageLayout, make_base_image
+from image_creator.progress import ProgressCallback
 from image_creator.system.partitions import data_partition, read_partition_table
 from image_creator.system.run import run
-from image_creator.ui.base import NullReporter, ProgressCallback
+from image_creator.ui.base import NullReporter
 from tests.support.httpserver import HttpServer
 from tests.support.leaks import (
     assert_no_leaks,

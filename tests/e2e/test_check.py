@@ -33,12 +33,12 @@ import image_creator.checks.sizes as checked_sizes
 from image_creator.__about__ import __version__
 from image_creator.checks.sizes import plan_sizes
 from image_creator.cli import main
-from image_creator.config.units import format_size
 from image_creator.demo import DEFAULT_DATA_FILES, BaseImageLayout, make_base_image
 from image_creator.plan import Inventory, SizePlan
 from image_creator.system.ext4_geometry import Ext4Geometry
 from image_creator.ui.base import NullReporter, Reporter
 from image_creator.ui.console import ConsoleReporter
+from image_creator.units import format_size
 from tests.support.archives import tar_bytes, zip_bytes
 from tests.support.httpserver import HttpServer, RequestRecord
 from tests.support.oci_layout import ARM64

@@ -30,8 +30,9 @@ import yaml
 
 from image_creator.cli import main
 from image_creator.demo import make_base_image
+from image_creator.progress import ProgressCallback
 from image_creator.system.partitions import data_partition, read_partition_table
-from image_creator.ui.base import NullReporter, ProgressCallback
+from image_creator.ui.base import NullReporter
 from image_creator.ui.console import ConsoleReporter
 from tests.support.httpserver import HttpServer
 from tests.support.leaks import assert_no_leaks, clean_leftovers

@@ -10,7 +10,7 @@ from datetime import datetime
 from image_creator.fetch.client import DEFAULT_TIMEOUT, HttpClient, Sleep, Timeout
 from image_creator.fetch.responses import RemoteInfo
 from image_creator.fetch.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES, RetryPolicy
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.progress import ProgressCallback, no_progress
 
 Sink = Callable[[bytes], object]
 

@@ -17,9 +17,9 @@ from image_creator.demo import make_base_image
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
 from image_creator.fetch.client import HttpClient
+from image_creator.progress import no_progress
 from image_creator.steps import fetch_base_image as base_image
 from image_creator.steps.fetch_base_image import fetch_base_image
-from image_creator.ui.base import no_progress
 from tests.support.requirements import require_tools
 
 MIB = 2**20

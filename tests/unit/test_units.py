@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from image_creator.config.units import UnitError, parse_duration, parse_size
+from image_creator.units import UnitError, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(

@@ -31,8 +31,8 @@ from image_creator.fetch.positional import RandomAccess
 from image_creator.fetch.responses import RemoteInfo
 from image_creator.fetch.segmented import ConnectionLimiter, Outcome, Transfer
 from image_creator.fetch.source import RemoteStream
+from image_creator.progress import ProgressCallback, no_progress
 from image_creator.system import signals
-from image_creator.ui.base import ProgressCallback, no_progress
 
 
 def version_of(info: RemoteInfo | None) -> str:

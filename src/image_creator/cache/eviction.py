@@ -25,7 +25,7 @@ from image_creator.cache.policy import (
     format_duration,
     scope_path,
 )
-from image_creator.config.units import format_size
+from image_creator.units import format_size
 
 # wikipedia_fr_all_maxi_2024-05.zim: same ZIM, another period
 _ZIM_PERIOD = re.compile(r"^(?P<stem>.+)_(?P<period>\d{4}-\d{2})(?P<suffix>\.zim(?:[?#].*)?)$")

@@ -36,9 +36,9 @@ from typing import IO, BinaryIO
 import xxhash
 
 from image_creator.cache.entry import CacheEntry, EntryKind
-from image_creator.config.units import CHUNK
 from image_creator.errors import ConfigError, os_reason
 from image_creator.localfile import describe_mode, write_atomically
+from image_creator.units import CHUNK
 
 logger = logging.getLogger(__name__)
 

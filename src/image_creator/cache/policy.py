@@ -23,9 +23,9 @@ import humanfriendly
 
 from image_creator.cache.entry import EntryKind
 from image_creator.config.document import DocumentReader, describe, join, parse_yaml
-from image_creator.config.units import UnitError, format_size, parse_duration, parse_size
 from image_creator.errors import ConfigError, os_reason
 from image_creator.localfile import read_regular, write_atomically
+from image_creator.units import UnitError, format_size, parse_duration, parse_size
 
 _T = TypeVar("_T")
 _L = TypeVar("_L", int, timedelta)

@@ -12,10 +12,10 @@ from image_creator.cache.eviction import describe
 from image_creator.cache.policy import load_policy
 from image_creator.cache.store import CacheStore
 from image_creator.config.model import Download, Export
-from image_creator.config.units import format_size
 from image_creator.context import Context
 from image_creator.plan import CacheForecast, CacheUse, Inventory
 from image_creator.ui.base import Reporter
+from image_creator.units import format_size
 
 
 def check_cache(ctx: Context, inventory: Inventory) -> tuple[tuple[CacheUse, ...], CacheForecast]:

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
 from image_creator.config.model import Config
-from image_creator.config.units import NAME_MAX
 from image_creator.errors import OutputError
 from image_creator.localfile import describe_mode
 from image_creator.options import Mode, Options
+from image_creator.units import NAME_MAX
 from image_creator.workspace import BUILD_FOLDER_PREFIX
 
 

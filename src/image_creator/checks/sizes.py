@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 
 from image_creator.checks.content_needs import ContentNeeds, content_needs
-from image_creator.config.units import SECTOR_SIZE, format_size, round_up
 from image_creator.context import Context
 from image_creator.errors import (
     BuildError,
@@ -48,6 +47,7 @@ from image_creator.system.partitions import (
     read_partition_table,
 )
 from image_creator.ui.base import Reporter
+from image_creator.units import SECTOR_SIZE, format_size, round_up
 
 logger = logging.getLogger(__name__)
 

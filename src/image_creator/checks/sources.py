@@ -30,7 +30,6 @@ from image_creator.config.model import (
     OciImage,
     Via,
 )
-from image_creator.config.units import SECTOR_SIZE, format_size
 from image_creator.context import Context
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import BuildError, SourceError
@@ -54,6 +53,7 @@ from image_creator.system.partitions import (
     parse_mbr,
 )
 from image_creator.ui.base import Reporter
+from image_creator.units import SECTOR_SIZE, format_size
 
 logger = logging.getLogger(__name__)
 

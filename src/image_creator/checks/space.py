@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from image_creator.config.model import Pull, Via
-from image_creator.config.units import format_size
 from image_creator.options import Options
 from image_creator.plan import CacheForecast, Inventory, SizePlan
+from image_creator.units import format_size
 from image_creator.workspace import default_build_dir
 
 

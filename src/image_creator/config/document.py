@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
-from image_creator.config.units import UnitError, parse_size
 from image_creator.errors import ConfigError, one_line
+from image_creator.units import UnitError, parse_size
 
 _E = TypeVar("_E", bound=Enum)
 

@@ -20,7 +20,7 @@ from image_creator.config.model import (
     Via,
 )
 from image_creator.config.reader import ConfigReader, read_checksum
-from image_creator.config.units import NAME_MAX
+from image_creator.units import NAME_MAX
 
 
 def _destination(reader: ConfigReader, path: str, value: Any) -> PurePosixPath | None:

@@ -27,9 +27,9 @@ from image_creator.config.model import (
     Pull,
 )
 from image_creator.config.reader import REMOTE_SCHEMES, ConfigReader, read_checksum
-from image_creator.config.units import SECTOR_SIZE, round_up
 from image_creator.errors import ConfigError, os_reason
 from image_creator.localfile import read_regular
+from image_creator.units import SECTOR_SIZE, round_up
 
 logger = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import zlib
 from dataclasses import dataclass
 
 from image_creator.config.model import Via
-from image_creator.config.units import format_size
 from image_creator.errors import SourceError
 from image_creator.fetch.source import Source
+from image_creator.units import format_size
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Literal, Protocol
 
-from image_creator.config.units import CHUNK
 from image_creator.fetch.extractor import (
     Extractor,
     ExtractResult,
@@ -34,7 +33,8 @@ from image_creator.fetch.extractor import (
     NoRoomError,
     junk_kind,
 )
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.progress import ProgressCallback, no_progress
+from image_creator.units import CHUNK
 
 __all__ = [
     "ExtractResult",

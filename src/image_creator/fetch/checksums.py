@@ -9,10 +9,10 @@ import zlib
 from pathlib import Path
 from typing import Protocol
 
-from image_creator.config.units import CHUNK
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import ChecksumMismatchError, SourceError
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.progress import ProgressCallback, no_progress
+from image_creator.units import CHUNK
 
 _HEX = re.compile(r"[0-9a-f]+")
 # BSD-style tool output: "SHA256 (name) = digest"

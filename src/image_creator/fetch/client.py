@@ -41,7 +41,7 @@ from image_creator.fetch.retry import RetryPolicy
 from image_creator.fetch.source import RemoteStream, Source
 from image_creator.fetch.stream import HttpStream
 from image_creator.fetch.watch import Watch, WatchedAdapter
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.progress import ProgressCallback, no_progress
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TypeVar
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import BuildError, SourceError, os_reason
-from image_creator.ui.base import ProgressCallback
+from image_creator.progress import ProgressCallback
+from image_creator.units import CHUNK
 
 logger = logging.getLogger(__name__)
 

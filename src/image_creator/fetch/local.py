@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import SourceError, os_reason
 from image_creator.fetch.responses import TEXT_LIMIT, RemoteInfo
 from image_creator.fetch.source import RemoteStream
 from image_creator.localfile import open_regular
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.progress import ProgressCallback, no_progress
+from image_creator.units import CHUNK
 
 
 def local_path(url: str) -> Path | None:

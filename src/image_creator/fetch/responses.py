@@ -18,10 +18,10 @@ from http import HTTPStatus
 import requests
 import urllib3.exceptions
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import Interrupted, SourceError
 from image_creator.fetch import watch as watching
 from image_creator.fetch.watch import Cut, Watch
+from image_creator.units import CHUNK
 
 # what a small document (a checksum file) may weigh by default
 TEXT_LIMIT = 64 * 1024

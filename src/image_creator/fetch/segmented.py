@@ -35,7 +35,6 @@ from typing import Protocol
 
 import requests
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import ChecksumMismatchError, Interrupted, SourceError
 from image_creator.fetch.announced import CHANGED_HINT
 from image_creator.fetch.checksums import new_hasher
@@ -45,8 +44,9 @@ from image_creator.fetch.positional import FileAt, RandomAccess
 from image_creator.fetch.responses import NETWORK_ERRORS, content_range, describe, opaque_tag
 from image_creator.fetch.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from image_creator.fetch.watch import Cut, Watch
+from image_creator.progress import ProgressCallback, no_progress
 from image_creator.system import signals
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.units import CHUNK
 
 logger = logging.getLogger(__name__)
 

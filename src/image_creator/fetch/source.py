@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from image_creator.fetch.responses import TEXT_LIMIT, RemoteInfo
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.progress import ProgressCallback, no_progress
 
 
 class Source(Protocol):

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 import requests
 import urllib3.exceptions
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import Interrupted, SourceError
 from image_creator.fetch import watch as watching
 from image_creator.fetch.announced import (
@@ -51,7 +50,8 @@ from image_creator.fetch.responses import (
 )
 from image_creator.fetch.source import RemoteStream
 from image_creator.fetch.watch import Cut, Watch
-from image_creator.ui.base import ProgressCallback
+from image_creator.progress import ProgressCallback
+from image_creator.units import CHUNK
 
 if TYPE_CHECKING:
     from image_creator.fetch.client import HttpClient

@@ -20,8 +20,8 @@ from image_creator.fetch.extractor import Extractor, MemberWriter
 from image_creator.fetch.positional import preallocate
 from image_creator.localfile import nearly_full
 from image_creator.placement import destination, staged, temporary_sibling
+from image_creator.progress import no_progress
 from image_creator.sink import OnReplace, Room, checked
-from image_creator.ui.base import no_progress
 
 # Below this much free space (or with no inode left), an ENOSPC is the data partition's: the
 # same error may come from the cache volume, written to while downloading.

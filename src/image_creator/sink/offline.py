@@ -18,17 +18,17 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from image_creator.config.units import CHUNK, NAME_MAX
 from image_creator.fetch.extractor import (
     MemberWriter,
     NoRoomError,
     safe_dir_mode,
     safe_file_mode,
 )
+from image_creator.progress import no_progress
 from image_creator.sink import OnReplace, Room, checked
 from image_creator.system.ext2fs import ET_INODE_ALLOC_FAIL, Ext2fsError
 from image_creator.system.offline_fs import Attributes, QueuedFile, QueuedWriter
-from image_creator.ui.base import no_progress
+from image_creator.units import CHUNK, NAME_MAX
 
 logger = logging.getLogger(__name__)
 

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from image_creator.cache.downloads import Downloads
-from image_creator.config.units import CHUNK
 from image_creator.errors import CommandError, SourceError, tail_lines
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
 from image_creator.plan import BaseSource, FetchedBase
+from image_creator.progress import ProgressCallback
 from image_creator.system.run import piped, which
-from image_creator.ui.base import ProgressCallback
+from image_creator.units import CHUNK
 
 # Runs of zeros this long (and aligned) become holes in the output file.
 HOLE_BLOCK = 64 * 1024

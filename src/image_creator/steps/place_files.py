@@ -21,7 +21,6 @@ from typing import Protocol
 
 from image_creator.cache.downloads import Downloads, Fetched
 from image_creator.config.model import Checksum, FileEntry, Inline, Via
-from image_creator.config.units import CHUNK
 from image_creator.errors import BuildError
 from image_creator.fetch.archives import NoRoomError, extract_tar_stream, extract_zip
 from image_creator.fetch.checksums import Hasher, HashingReader, new_hasher, verify_digest
@@ -30,6 +29,7 @@ from image_creator.placement import CancellableReader, Readable
 from image_creator.plan import FileSource, PlacedFile
 from image_creator.sink import Sink, SinkFile
 from image_creator.ui.base import Reporter
+from image_creator.units import CHUNK
 
 
 def place_file(

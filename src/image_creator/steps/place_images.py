@@ -12,13 +12,13 @@ from pathlib import Path, PurePosixPath
 
 from image_creator.cache.downloads import Downloads, copy_file, image_cache_key
 from image_creator.config.model import DATA_ROOT, IMAGES_DIR, Export
-from image_creator.config.units import CHUNK
 from image_creator.fetch import oci
 from image_creator.fetch.oci import ExportedImage
 from image_creator.placement import CancellableReader
 from image_creator.plan import ImageSource, PlacedImage
 from image_creator.sink import Sink
 from image_creator.ui.base import Reporter
+from image_creator.units import CHUNK
 
 IMAGES_FOLDER = IMAGES_DIR.relative_to(DATA_ROOT)
 

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import BinaryIO
 
-from image_creator.config.units import SECTOR_SIZE, format_size
 from image_creator.errors import BuildError, OutputError
 from image_creator.system.partitions import (
     DATA_PARTITION_NUMBER,
@@ -17,6 +16,7 @@ from image_creator.system.partitions import (
     read_partition_table,
 )
 from image_creator.system.run import run
+from image_creator.units import SECTOR_SIZE, format_size
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import TypeVar
 
-from image_creator.config.units import NAME_MAX
 from image_creator.errors import BuildError
 from image_creator.system.ext2fs import (
     ERROR_FS,
@@ -52,6 +51,7 @@ from image_creator.system.ext2fs import (
 )
 from image_creator.system.partitions import Partition
 from image_creator.system.signals import releasing
+from image_creator.units import NAME_MAX
 
 logger = logging.getLogger(__name__)
 

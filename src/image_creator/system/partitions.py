@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image_creator.config.units import SECTOR_SIZE
 from image_creator.errors import BuildError, SourceError
 from image_creator.system.run import run
+from image_creator.units import SECTOR_SIZE
 
 logger = logging.getLogger(__name__)
 

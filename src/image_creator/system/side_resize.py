@@ -23,11 +23,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import BuildError, os_reason
 from image_creator.system.ext4 import check_filesystem, filesystem_size, resize_filesystem
 from image_creator.system.partitions import Partition
 from image_creator.system.run import run
+from image_creator.units import CHUNK
 
 logger = logging.getLogger(__name__)
 

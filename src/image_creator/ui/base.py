@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
-# Called with the number of bytes just processed (downloaded, written, extracted).
-ProgressCallback = Callable[[int], None]
-
-
-def no_progress(_nbytes: int) -> None:
-    """A ProgressCallback that ignores progress."""
+from image_creator.progress import ProgressCallback, no_progress
 
 
 class Reporter(Protocol):

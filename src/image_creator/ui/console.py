@@ -19,8 +19,8 @@ from typing import TextIO
 
 import progressbar
 
-from image_creator.config.units import format_size
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.progress import ProgressCallback, no_progress
+from image_creator.units import format_size
 
 # how often the block of bars is redrawn, and the span the speed is measured over
 _REDRAW = 0.25

@@ -13,8 +13,8 @@ import docker_export
 from docker_export import Image, Platform
 
 from image_creator.config.model import OCI_PLATFORM
-from image_creator.config.units import round_up
 from image_creator.errors import SourceError
+from image_creator.units import round_up
 
 GZIP_MEDIA_SUFFIXES = ("gzip", "tar.gzip", "+gzip")
 PLAIN_TAR_MEDIA_SUFFIXES = (".tar", "layer.v1.tar")

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import docker_export
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import Interrupted, SourceError
 from image_creator.fetch.client import HttpClient
 from image_creator.fetch.oci.documents import (
@@ -25,7 +24,8 @@ from image_creator.fetch.oci.documents import (
 from image_creator.fetch.oci.inspect import image_config, inflated_size, platform_manifest
 from image_creator.fetch.oci.registry import NETWORK_ERRORS, Registry
 from image_creator.fetch.oci.tar import ExportedImage, verify_export
-from image_creator.ui.base import ProgressCallback, no_progress
+from image_creator.progress import ProgressCallback, no_progress
+from image_creator.units import CHUNK
 
 # What a layer may inflate to beyond the size its gzip trailer (ISIZE) gives: the size the
 # check planned for. A trailer is exact for the single-member gzip streams registries serve.

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import requests
 import urllib3.exceptions
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import Interrupted, SourceError
 from image_creator.fetch import watch as watching
 from image_creator.fetch.client import HttpClient
 from image_creator.fetch.oci.documents import describe_error, parse_ident, shown
 from image_creator.fetch.watch import Cut, Watch
+from image_creator.units import CHUNK
 
 MAX_TOKEN_BYTES = 64 * 1024
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')

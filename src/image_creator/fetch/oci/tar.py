@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from image_creator.config.units import CHUNK
 from image_creator.errors import SourceError
 from image_creator.fetch.oci.documents import describe_error, parse_ident, shown
+from image_creator.units import CHUNK
 
 
 @dataclass(frozen=True)
