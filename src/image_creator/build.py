@@ -10,11 +10,6 @@ from __future__ import annotations
 
 import functools
 
-from image_creator.checks.sizes import (
-    measure_data_filesystem,
-    plan_sizes,
-    show_sizes,
-)
 from image_creator.context import Context
 from image_creator.digests import ChecksumAlgo
 from image_creator.errors import BuildError
@@ -22,6 +17,11 @@ from image_creator.fetch.checksums import hash_file
 from image_creator.placement import placement_rounds, run_concurrently, run_in_rounds
 from image_creator.plan import Built, Plan
 from image_creator.sink import Backend
+from image_creator.sizing import (
+    measure_data_filesystem,
+    plan_sizes,
+    show_sizes,
+)
 from image_creator.steps.data_filesystem import writable_data_filesystem
 from image_creator.steps.evict import make_room_in_cache, tidy_cache
 from image_creator.steps.fetch_base_image import fetch_base_image

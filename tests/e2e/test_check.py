@@ -31,10 +31,10 @@ from docker_export import Image, Platform, export
 import image_creator
 import image_creator.checks.sizes as checked_sizes
 from image_creator.__about__ import __version__
-from image_creator.checks.sizes import plan_sizes
 from image_creator.cli import main
 from image_creator.demo import DEFAULT_DATA_FILES, BaseImageLayout, make_base_image
 from image_creator.plan import Inventory, SizePlan
+from image_creator.sizing import plan_sizes
 from image_creator.system.ext4_geometry import Ext4Geometry
 from image_creator.ui.base import NullReporter, Reporter
 from image_creator.ui.console import ConsoleReporter

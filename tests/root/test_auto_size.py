@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from image_creator.checks.sizes import AUTO_ALIGNMENT
 from image_creator.cli import main
 from image_creator.demo import OFFICIAL_DATA_MKFS, make_base_image
+from image_creator.sizing import AUTO_ALIGNMENT
 from image_creator.system.ext4_geometry import (
     SUPERBLOCK_OFFSET,
     SUPERBLOCK_SIZE,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from image_creator.checks.content_needs import ContentNeeds
-from image_creator.checks.sizes import AUTO_ALIGNMENT, smallest_image
+from image_creator.content_needs import ContentNeeds
+from image_creator.sizing import AUTO_ALIGNMENT, smallest_image
 from image_creator.system.ext4 import check_filesystem, resize_filesystem
 from image_creator.system.ext4_geometry import (
     SUPERBLOCK_OFFSET,

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from image_creator.checks.sizes import ensure_room
 from image_creator.context import Context
 from image_creator.plan import SizePlan
 from image_creator.sink import Backend, Sink
 from image_creator.sink.mounted import MountedSink
 from image_creator.sink.offline import OfflineSink
+from image_creator.sizing import ensure_room
 from image_creator.system.ext4 import check_filesystem, ensure_cleanly_unmounted, resize_filesystem
 from image_creator.system.loop import attached_partition
 from image_creator.system.mount import mounted
