@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from image_creator.checks.settle import settle
+from image_creator.context import Context
 from image_creator.errors import HostError
-from image_creator.options import Options
+from image_creator.options import Mode, Options
 from image_creator.sink import Backend
 from image_creator.system.ext2fs import EXT2_LIBRARY, load_libraries
 from image_creator.system.run import missing_tools
@@ -28,6 +30,24 @@ BUILD_TOOLS = (
     "umount",
     "mcopy",
 )
+
+
+def check_host(ctx: Context) -> tuple[Backend, str]:
+    """The backend a build uses (told, with why), and what this host lacks for it."""
+    backend, reason = choose_backend(ctx.options)
+    if ctx.options.mode is not Mode.BUILD:
+        ctx.reporter.info(f"a build would use the {backend} backend: {reason}")
+    elif backend is Backend.ROOTLESS and not ctx.options.rootless:
+        ctx.reporter.info(f"building rootless (no loop device, no mount): {reason}")
+    settle(
+        ctx,
+        host_problems(backend),
+        prefix="this host cannot build images: ",
+        hint="install the listed tools"
+        if backend is Backend.ROOTLESS
+        else "run as root on a Linux host with loop devices and the listed tools",
+    )
+    return backend, reason
 
 
 def choose_backend(options: Options) -> tuple[Backend, str]:

@@ -6,11 +6,28 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from image_creator.checks.settle import settle
 from image_creator.config.model import Pull, Via
+from image_creator.context import Context
 from image_creator.options import Options
 from image_creator.plan import CacheForecast, Inventory, SizePlan
+from image_creator.sink import Backend
 from image_creator.units import format_size
 from image_creator.workspace import default_build_dir
+
+
+def check_space(
+    ctx: Context,
+    inventory: Inventory,
+    sizes: SizePlan,
+    forecast: CacheForecast | None,
+    backend: Backend,
+) -> None:
+    """Whether the disks the build writes to (OUTPUT's, the cache's, the build folder's)
+    have room for what it will write there."""
+    rootless = backend is Backend.ROOTLESS
+    needs = space_needs(ctx.options, inventory, sizes, forecast, rootless=rootless)
+    settle(ctx, space_shortages(needs))
 
 
 def space_needs(
