@@ -115,6 +115,8 @@ class MemberWriter(ABC):
     write the members: :class:`Extractor` into a host folder, ``sink.offline`` into an
     unmounted filesystem."""
 
+    free_inodes_at_start: int | None  # the destination's, as the subclass found it
+
     def __init__(self, *, source: str, on_progress: ProgressCallback, where: str) -> None:
         self.source = source
         self.on_progress = on_progress
@@ -170,6 +172,52 @@ class MemberWriter(ABC):
         except _CORRUPT_INPUT_ERRORS as exc:
             where = f"member {name!r}: " if name else ""
             raise SourceError(f"{self.source}: {where}invalid or truncated archive: {exc}") from exc
+
+    def copy_member(
+        self, name: str, content: IO[bytes], size: int, write: Callable[[bytes], object]
+    ) -> None:
+        """The member's bytes to ``write``, counted; refused past its recorded size (the
+        size an archive records may lie: what is written is counted, member by member)."""
+        member_written = 0
+        while chunk := self.read(name, content.read, CHUNK):
+            member_written += len(chunk)
+            if member_written > size:
+                raise self.error(name, f"grows past its recorded size of {size} bytes")
+            write(chunk)
+            self.bytes_written += len(chunk)
+            self.on_progress(len(chunk))
+
+    def link_path(self, name: str, link_target: str | None = None) -> PurePosixPath:
+        """A link member's own path; with ``link_target``, a symlink's target checked too
+        (not empty, no NUL, not absolute)."""
+        relative = self.relative_path(name)
+        if relative is None:
+            raise self.error(name, "a link cannot be the archive root")
+        if link_target is not None:
+            if not link_target or "\x00" in link_target:
+                raise self.error(name, "invalid symlink target")
+            if link_target.startswith("/"):
+                raise self.error(name, f"absolute symlink target {link_target!r} refused")
+        return relative
+
+    def hard_link_source(self, name: str, link_target: str) -> PurePosixPath:
+        """A hard link's target member, relative to the destination."""
+        target_relative = self.relative_path(link_target)
+        if target_relative is None:
+            raise self.error(name, "hard link to the archive root refused")
+        return target_relative
+
+    def no_room(self, reason: str, *, inodes: bool) -> NoRoomError:
+        """The NoRoomError for a full destination, after what was written so far."""
+        created = self.files_created + self.directories_created
+        return NoRoomError(
+            f"{self.source}: {reason} in {self.where} after {created} entries and "
+            f"{self.bytes_written} bytes",
+            reason=reason,
+            inodes=inodes,
+            needs_more_than=created,
+            free_inodes=self.free_inodes_at_start,
+        )
 
     @abstractmethod
     def room(self) -> tuple[int, int] | None:
@@ -271,17 +319,9 @@ class Extractor(MemberWriter):
         except OSError as exc:
             if exc.errno not in _NO_ROOM_ERRNOS:
                 raise
-            created = self.files_created + self.directories_created
             inodes = exc.errno == errno.ENOSPC and free_inodes(self.root) == 0
             reason = "no inodes left" if inodes else os_reason(exc)
-            raise NoRoomError(
-                f"{self.source}: {reason} in {self.root} after {created} entries and "
-                f"{self.bytes_written} bytes",
-                reason=reason,
-                inodes=inodes,
-                needs_more_than=created,
-                free_inodes=self.free_inodes_at_start,
-            ) from exc
+            raise self.no_room(reason, inodes=inodes) from exc
 
     # members -------------------------------------------------------------
 
@@ -310,33 +350,15 @@ class Extractor(MemberWriter):
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(path, flags, 0o600)
         self.files_created += 1
-        member_written = 0
         with os.fdopen(fd, "wb") as output:
-            while True:
-                chunk = self.read(name, content.read, CHUNK)
-                if not chunk:
-                    break
-                # the recorded size may lie: count what is written, member by member
-                member_written += len(chunk)
-                if member_written > size:
-                    raise self.error(name, f"grows past its recorded size of {size} bytes")
-                output.write(chunk)
-                self.bytes_written += len(chunk)
-                self.on_progress(len(chunk))
+            self.copy_member(name, content, size, output.write)
             os.fchmod(output.fileno(), safe_file_mode(0o644 if mode is None else mode))
         if mtime is not None:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
         self._files.add(path)
 
     def add_symlink(self, name: str, link_target: str, mtime: float | None) -> None:
-        relative = self.relative_path(name)
-        if relative is None:
-            raise self.error(name, "a link cannot be the archive root")
-        if not link_target or "\x00" in link_target:
-            raise self.error(name, "invalid symlink target")
-        if link_target.startswith("/"):
-            raise self.error(name, f"absolute symlink target {link_target!r} refused")
-        path = self.target(name, relative)
+        path = self.target(name, self.link_path(name, link_target))
         resolved = Path(os.path.realpath(path.parent / link_target))
         if not self._inside(resolved):
             raise self.error(name, f"symlink target {link_target!r} is outside the destination")
@@ -347,12 +369,8 @@ class Extractor(MemberWriter):
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
     def add_hardlink(self, name: str, link_target: str) -> None:
-        relative = self.relative_path(name)
-        if relative is None:
-            raise self.error(name, "a link cannot be the archive root")
-        target_relative = self.relative_path(link_target)
-        if target_relative is None:
-            raise self.error(name, "hard link to the archive root refused")
+        relative = self.link_path(name)
+        target_relative = self.hard_link_source(name, link_target)
         try:
             existing = self._resolve_inside(name, target_relative)
         except SourceError:

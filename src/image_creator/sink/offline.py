@@ -20,7 +20,6 @@ from typing import IO
 
 from image_creator.fetch.extractor import (
     MemberWriter,
-    NoRoomError,
     safe_dir_mode,
     safe_file_mode,
 )
@@ -283,17 +282,9 @@ class OfflineExtractor(MemberWriter):
         except Ext2fsError as exc:
             if not exc.no_space:
                 raise
-            created = self.files_created + self.directories_created
             inodes = exc.code == ET_INODE_ALLOC_FAIL or self.writer.free_space().free_inodes == 0
             reason = "no inodes left" if inodes else "No space left on device"
-            raise NoRoomError(
-                f"{self.source}: {reason} in {self.where} after {created} entries and "
-                f"{self.bytes_written} bytes",
-                reason=reason,
-                inodes=inodes,
-                needs_more_than=created,
-                free_inodes=self.free_inodes_at_start,
-            ) from exc
+            raise self.no_room(reason, inodes=inodes) from exc
 
     def add_directory(self, name: str, mode: int | None, mtime: float | None) -> None:
         relative = self.relative_path(name)
@@ -323,29 +314,12 @@ class OfflineExtractor(MemberWriter):
         file_mode = safe_file_mode(0o644 if mode is None else mode)
         with self.writer.open_file(self._at(target), mode=file_mode) as output:
             self.files_created += 1
-            member_written = 0
-            while True:
-                chunk = self.read(name, content.read, CHUNK)
-                if not chunk:
-                    break
-                member_written += len(chunk)
-                if member_written > size:
-                    raise self.error(name, f"grows past its recorded size of {size} bytes")
-                output.write(chunk)
-                self.bytes_written += len(chunk)
-                self.on_progress(len(chunk))
+            self.copy_member(name, content, size, output.write)
             output.commit(Attributes(mtime_ns=None if mtime is None else _ns(mtime)))
         self._files.add(target)
 
     def add_symlink(self, name: str, link_target: str, mtime: float | None) -> None:
-        relative = self.relative_path(name)
-        if relative is None:
-            raise self.error(name, "a link cannot be the archive root")
-        if not link_target or "\x00" in link_target:
-            raise self.error(name, "invalid symlink target")
-        if link_target.startswith("/"):
-            raise self.error(name, f"absolute symlink target {link_target!r} refused")
-        target = self._target(name, relative)
+        target = self._target(name, self.link_path(name, link_target))
         if self._resolve((*target[:-1], *link_target.split("/"))) is None:
             raise self.error(name, f"symlink target {link_target!r} is outside the destination")
         attributes = Attributes(mtime_ns=None if mtime is None else _ns(mtime))
@@ -354,12 +328,8 @@ class OfflineExtractor(MemberWriter):
         self.files_created += 1
 
     def add_hardlink(self, name: str, link_target: str) -> None:
-        relative = self.relative_path(name)
-        if relative is None:
-            raise self.error(name, "a link cannot be the archive root")
-        target_relative = self.relative_path(link_target)
-        if target_relative is None:
-            raise self.error(name, "hard link to the archive root refused")
+        relative = self.link_path(name)
+        target_relative = self.hard_link_source(name, link_target)
         existing = self._resolve(target_relative.parts)
         if existing is None:
             raise self.error(name, f"hard link target {link_target!r} is outside the destination")
