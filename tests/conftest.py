@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import docker_export
 import pytest
 
+from image_creator import cli
+from image_creator.options import Options
 from tests.support.httpserver import HttpServer
 from tests.support.registry import LOOPBACK_NO_PROXY, Registry, running_registry
 from tests.support.requirements import require_tools
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        choices=("mounted", "rootless"),
+        default="mounted",
+        help="rootless: every command line run in-process gets --rootless (the same tests, "
+        "built by the other backend); tests marked mounted_only are left out",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--backend") != "rootless":
+        return
+    kept = [item for item in items if item.get_closest_marker("mounted_only") is None]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
+@pytest.fixture(autouse=True)
+def _backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--backend rootless``, as if every in-process command line had --rootless."""
+    if request.config.getoption("--backend") != "rootless":
+        return
+    parse = cli.parse_options
+
+    def rootless(argv: Sequence[str] | None = None) -> Options:
+        return dataclasses.replace(parse(argv), rootless=True)
+
+    monkeypatch.setattr(cli, "parse_options", rootless)
 
 
 def _set_no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:

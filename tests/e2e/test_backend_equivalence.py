@@ -45,7 +45,8 @@ from tests.support.image_files import BuiltImage
 from tests.support.registry import Registry
 from tests.support.requirements import require_root, require_tools
 
-pytestmark = pytest.mark.root
+# it chooses each backend itself: nothing to add under --backend rootless
+pytestmark = [pytest.mark.root, pytest.mark.mounted_only]
 
 OUTPUT_SIZE = 320 * 2**20
 ZIM = b"ZIM\x04" + bytes(range(256)) * 6000

@@ -92,6 +92,7 @@ def leftovers(root: Path) -> list[Path]:
     )
 
 
+@pytest.mark.mounted_only  # a rootless build fetches a file on one connection
 def test_a_large_file_comes_in_segments_and_lands_like_a_single_download(
     served: HttpServer, small_segments: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,6 +163,7 @@ def test_a_mirror_dropping_connections_mid_segment_still_gives_the_file(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.mounted_only  # a rootless build fetches a file on one connection
 def test_a_bad_download_in_segments_leaves_nothing(
     served: HttpServer, small_segments: None, tmp_path: Path
 ) -> None:
