@@ -147,16 +147,29 @@ def placement_rounds(destinations: Sequence[tuple[PurePosixPath, bool]]) -> list
     """The order entries are written in, as rounds of indices into ``destinations`` (each a
     destination and whether it is an archive); the entries of one round run concurrently.
 
-    Plain files and inline content come first, then archives, which merge into their folder
-    whatever is already there; an archive that extracts inside another archive's folder
-    comes after that one. The loader allows no other nesting.
+    An archive merges into its folder whatever is already there, so it waits only for what
+    lands inside its folder: the plain files and inline content there (written first, so
+    that a member replacing one wins), and the archive whose folder holds its own (outer
+    before inner). Everything else starts at once: a large archive downloads and extracts
+    while the plain files elsewhere download. The loader allows no other nesting.
     """
-    archives = {to for to, is_archive in destinations if is_archive}
+    plain = [to for to, is_archive in destinations if not is_archive]
+    archives = sorted({to for to, is_archive in destinations if is_archive}, key=_depth)
+    archive_round: dict[PurePosixPath, int] = {}
+    for folder in archives:  # outer archives first
+        after_files = 1 if any(folder in to.parents for to in plain) else 0
+        after_outer = [
+            archive_round[outer] + 1 for outer in folder.parents if outer in archive_round
+        ]
+        archive_round[folder] = max([after_files, *after_outer])
     rounds: dict[int, list[int]] = {}
     for index, (to, is_archive) in enumerate(destinations):
-        order = 1 + sum(parent in archives for parent in to.parents) if is_archive else 0
-        rounds.setdefault(order, []).append(index)
+        rounds.setdefault(archive_round[to] if is_archive else 0, []).append(index)
     return [rounds[order] for order in sorted(rounds)]
+
+
+def _depth(path: PurePosixPath) -> int:
+    return len(path.parts)
 
 
 def run_in_rounds(

@@ -110,10 +110,20 @@ def test_placement_rounds_write_files_first_then_archives_outer_to_inner() -> No
         (data / "apps/wiki/.touch", False),  # inline content inside it
         (data / "apps/wiki/media", True),  # an archive inside the first one
         (data / "zims/a.zim", False),
-        (data / "apps/other", True),
+        (data / "apps/other", True),  # nothing inside it, nothing around it: at once
+        (data / "apps/other-app", True),  # a name that starts like another's is no nesting
+        (data / "apps/deep/x", True),  # nothing to wait for either
+        (data / "apps/deep/x/y/z", True),  # inside the one before: after it
+        (data / "apps/deep/x/y/z/f", False),  # inside both: before both
     ]
-    assert placement_rounds(destinations) == [[1, 3], [0, 4], [2]]
+    assert placement_rounds(destinations) == [[1, 3, 4, 5, 8], [0, 6], [2, 7]]
     assert placement_rounds([]) == []
+
+
+def test_an_archive_with_nothing_inside_runs_with_the_plain_files() -> None:
+    data = PurePosixPath("/data")
+    destinations = [(data / "site", True), (data / "zims/a.zim", False), (data / "b.zim", False)]
+    assert placement_rounds(destinations) == [[0, 1, 2]]
 
 
 def test_run_in_rounds_keeps_task_order_and_runs_rounds_in_sequence() -> None:
