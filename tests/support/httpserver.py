@@ -153,6 +153,7 @@ class HttpServer:
         self._faults: dict[str, Fault] = {}
         self._log: list[RequestRecord] = []
         self._hangups: list[Hangup] = []
+        self._paused = 0.0  # seconds the slow fault held bodies back, in all
         self._httpd = _QuietServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -405,6 +406,16 @@ class HttpServer:
 
     def hangups_for(self, path: str) -> list[Hangup]:
         return [hangup for hangup in self.hangups if hangup.path == _normalize(path)]
+
+    @property
+    def paused(self) -> float:
+        """Seconds the ``slow`` fault held bodies back to keep to its rate, in all."""
+        with self._lock:
+            return self._paused
+
+    def _held_back(self, seconds: float) -> None:
+        with self._lock:
+            self._paused += seconds
 
     # used by the handler
 
@@ -713,6 +724,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 ahead = sent / slow - (time.monotonic() - started)
                 if ahead > 0:
+                    self.owner._held_back(ahead)
                     time.sleep(ahead)
         self.wfile.flush()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -216,11 +215,10 @@ def test_resume_after_drop(served: HttpServer) -> None:
 
 def test_fault_slow_throttles(served: HttpServer) -> None:
     served.fault("/a.zim", slow=20_000)  # 10240 bytes at 20 kB/s: about 0.5 s
-    started = time.monotonic()
     response = requests.get(served.url("/a.zim"), timeout=5)
     assert response.content == CONTENT
-    # throttled: it cannot have come sooner (a lower bound only; a loaded machine is slower)
-    assert time.monotonic() - started >= 0.4
+    # throttled: the server held the body back (what it did, not how long the test took)
+    assert served.paused > 0
 
 
 def test_clear_faults_and_log(served: HttpServer) -> None:
