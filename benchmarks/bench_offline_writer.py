@@ -32,8 +32,9 @@ from image_creator.demo import make_base_image
 from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.loop import attached_partition
 from image_creator.system.mount import mounted
-from image_creator.system.offline_fs import OfflineFilesystem, QueuedWriter
+from image_creator.system.offline_fs import OfflineFilesystem
 from image_creator.system.partitions import Partition
+from image_creator.system.queued_writer import QueuedWriter
 from image_creator.system.run import run
 from image_creator.system.side_resize import grow_filesystem_offline
 

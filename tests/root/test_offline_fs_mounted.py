@@ -12,7 +12,8 @@ from image_creator.demo import make_base_image
 from image_creator.system.image import grow_data_partition, grow_image_file
 from image_creator.system.loop import attached_partition
 from image_creator.system.mount import mounted
-from image_creator.system.offline_fs import Attributes, QueuedWriter
+from image_creator.system.offline_fs import Attributes
+from image_creator.system.queued_writer import QueuedWriter
 from image_creator.system.run import run
 from image_creator.system.side_resize import grow_filesystem_offline
 from tests.support.requirements import require_root, require_tools

@@ -31,8 +31,9 @@ from image_creator.system import ext2fs
 from image_creator.system.ext2fs import Ext2fsError
 from image_creator.system.ext4 import ensure_cleanly_unmounted
 from image_creator.system.image import grow_data_partition, grow_image_file
-from image_creator.system.offline_fs import Attributes, OfflineFilesystem, QueuedWriter
+from image_creator.system.offline_fs import Attributes, OfflineFilesystem
 from image_creator.system.partitions import Partition, data_partition, read_partition_table
+from image_creator.system.queued_writer import QueuedWriter
 from image_creator.system.run import run
 from image_creator.system.side_resize import copy_sparse, grow_filesystem_offline
 from tests.support.requirements import require_tools
@@ -570,7 +571,8 @@ ROOTLESS_BUILD = """
 import hashlib, sys
 from pathlib import Path
 from image_creator.system.image import grow_data_partition, grow_image_file
-from image_creator.system.offline_fs import Attributes, QueuedWriter
+from image_creator.system.offline_fs import Attributes
+from image_creator.system.queued_writer import QueuedWriter
 from image_creator.system.side_resize import grow_filesystem_offline
 
 image, work = Path(sys.argv[1]), Path(sys.argv[2])

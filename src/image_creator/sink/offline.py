@@ -26,7 +26,8 @@ from image_creator.fetch.extractor import (
 from image_creator.progress import no_progress
 from image_creator.sink import OnReplace, Room, checked
 from image_creator.system.ext2fs import ET_INODE_ALLOC_FAIL, Ext2fsError
-from image_creator.system.offline_fs import Attributes, QueuedFile, QueuedWriter
+from image_creator.system.offline_fs import Attributes
+from image_creator.system.queued_writer import QueuedFile, QueuedWriter
 from image_creator.units import CHUNK, NAME_MAX
 
 logger = logging.getLogger(__name__)

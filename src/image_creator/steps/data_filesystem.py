@@ -26,8 +26,8 @@ from image_creator.sizing import ensure_room
 from image_creator.system.ext4 import check_filesystem, ensure_cleanly_unmounted, resize_filesystem
 from image_creator.system.loop import attached_partition
 from image_creator.system.mount import mounted
-from image_creator.system.offline_fs import QueuedWriter
 from image_creator.system.partitions import Partition
+from image_creator.system.queued_writer import QueuedWriter
 from image_creator.system.side_resize import grow_filesystem_offline
 from image_creator.workspace import ensure_room_to_write
 
