@@ -187,6 +187,13 @@ class MemberWriter(ABC):
             self.bytes_written += len(chunk)
             self.on_progress(len(chunk))
 
+    def file_path(self, name: str) -> PurePosixPath:
+        """A file member's path (a file cannot be the archive root)."""
+        relative = self.relative_path(name)
+        if relative is None:
+            raise self.error(name, "a file cannot be the archive root")
+        return relative
+
     def link_path(self, name: str, link_target: str | None = None) -> PurePosixPath:
         """A link member's own path; with ``link_target``, a symlink's target checked too
         (not empty, no NUL, not absolute)."""
@@ -343,10 +350,7 @@ class Extractor(MemberWriter):
         mode: int | None,
         mtime: float | None,
     ) -> None:
-        relative = self.relative_path(name)
-        if relative is None:
-            raise self.error(name, "a file cannot be the archive root")
-        path = self.target(name, relative)
+        path = self.target(name, self.file_path(name))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(path, flags, 0o600)
         self.files_created += 1

@@ -308,10 +308,7 @@ class OfflineExtractor(MemberWriter):
         mode: int | None,
         mtime: float | None,
     ) -> None:
-        relative = self.relative_path(name)
-        if relative is None:
-            raise self.error(name, "a file cannot be the archive root")
-        target = self._target(name, relative)
+        target = self._target(name, self.file_path(name))
         file_mode = safe_file_mode(0o644 if mode is None else mode)
         with self.writer.open_file(self._at(target), mode=file_mode) as output:
             self.files_created += 1
