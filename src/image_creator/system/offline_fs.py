@@ -133,6 +133,16 @@ def _kind(inode: Inode) -> str:
     return kinds.get(int(inode.i_mode) & S_IFMT, "other")
 
 
+@dataclass(frozen=True)
+class _Found:
+    """A path looked up: see OfflineFilesystem._entry."""
+
+    parts: tuple[bytes, ...]
+    shown: str
+    parent: int
+    ino: int | None
+
+
 class OfflineFilesystem:
     """The ext4 filesystem of ``partition`` in ``image``, open for writing, without root.
 
@@ -222,6 +232,13 @@ class OfflineFilesystem:
     def _shown(self, parts: Sequence[str | bytes]) -> str:
         names = [os.fsdecode(part) for part in parts]
         return str(self.shown_as.joinpath(*names))
+
+    def _entry(self, parts: tuple[bytes, ...]) -> _Found:
+        """Where the path ``parts`` is: how it is shown, its folder's inode (folders on the
+        way must exist and be folders) and its own inode, None when it does not exist."""
+        shown = self._shown(parts)
+        parent = self._folder(parts[:-1], shown, create=False)
+        return _Found(parts, shown, parent, self._ext2.lookup(parent, parts[-1], shown))
 
     def _folder(self, parts: Sequence[bytes], target: str, *, create: bool) -> int:
         """The inode of the folder ``parts``, made when missing (``create``), never through
@@ -368,10 +385,10 @@ class OfflineFilesystem:
         """Make ``path`` another name of the file (or link) ``existing``, replacing a file
         or link at ``path``; the link count rises by one."""
         source_parts, parts = self._parts(existing), self._parts(path)
-        source_shown, shown = self._shown(source_parts), self._shown(parts)
+        source = self._entry(source_parts)
+        source_shown, shown = source.shown, self._shown(parts)
         fs = self._ext2
-        source_parent = self._folder(source_parts[:-1], source_shown, create=False)
-        ino = fs.lookup(source_parent, source_parts[-1], source_shown)
+        ino = source.ino
         if ino is None:
             raise BuildError(f"{shown}: cannot link to {source_shown}: it does not exist")
         inode = fs.read_inode(ino, source_shown)
@@ -397,52 +414,41 @@ class OfflineFilesystem:
         """Move the file or link ``source`` onto ``target`` (parents made), replacing a file
         or link there. Folders are not moved."""
         source_parts, parts = self._parts(source), self._parts(target)
-        source_shown, shown = self._shown(source_parts), self._shown(parts)
-        fs = self._ext2
-        source_parent = self._folder(source_parts[:-1], source_shown, create=False)
-        ino = fs.lookup(source_parent, source_parts[-1], source_shown)
+        moved = self._entry(source_parts)
+        shown = self._shown(parts)
+        ino = moved.ino
         if ino is None:
-            raise BuildError(f"{source_shown}: cannot move it: it does not exist")
-        if _kind(fs.read_inode(ino, source_shown)) == "folder":
-            raise BuildError(f"{source_shown}: cannot move a folder offline")
+            raise BuildError(f"{moved.shown}: cannot move it: it does not exist")
+        if _kind(self._ext2.read_inode(ino, moved.shown)) == "folder":
+            raise BuildError(f"{moved.shown}: cannot move a folder offline")
         parent = self._folder(parts[:-1], shown, create=True)
         self._refuse_folder_at(parent, parts[-1], shown)
-        self._replace((source_parent, source_parts[-1]), (parent, parts[-1]), ino, shown)
+        self._replace((moved.parent, moved.parts[-1]), (parent, parts[-1]), ino, shown)
 
     def remove(self, path: PathLike) -> None:
         """Remove the file or link ``path`` (its blocks are freed with its last name)."""
-        parts = self._parts(path)
-        shown = self._shown(parts)
-        fs = self._ext2
-        parent = self._folder(parts[:-1], shown, create=False)
-        ino = fs.lookup(parent, parts[-1], shown)
-        if ino is None:
-            raise BuildError(f"{shown}: cannot remove it: it does not exist")
-        self._refuse_folder_at(parent, parts[-1], shown)
-        fs.unlink(parent, parts[-1], shown)
-        self._drop_link(ino, shown)
+        found = self._entry(self._parts(path))
+        if found.ino is None:
+            raise BuildError(f"{found.shown}: cannot remove it: it does not exist")
+        self._refuse_folder_at(found.parent, found.parts[-1], found.shown)
+        self._ext2.unlink(found.parent, found.parts[-1], found.shown)
+        self._drop_link(found.ino, found.shown)
 
     def set_attributes(self, path: PathLike, attributes: Attributes) -> None:
         """Set mode, owner, group, mtime of ``path`` itself (a link is not followed)."""
-        parts = self._parts(path)
-        shown = self._shown(parts)
-        parent = self._folder(parts[:-1], shown, create=False)
-        ino = self._ext2.lookup(parent, parts[-1], shown)
-        if ino is None:
-            raise BuildError(f"{shown}: does not exist")
-        self._apply(ino, attributes, shown)
+        found = self._entry(self._parts(path))
+        if found.ino is None:
+            raise BuildError(f"{found.shown}: does not exist")
+        self._apply(found.ino, attributes, found.shown)
 
     def stat(self, path: PathLike) -> EntryStat | None:
         """``path`` as lstat describes it, or None when missing (folders on the way must
         exist and be folders)."""
-        parts = self._parts(path)
-        shown = self._shown(parts)
-        fs = self._ext2
-        parent = self._folder(parts[:-1], shown, create=False)
-        ino = fs.lookup(parent, parts[-1], shown)
+        found = self._entry(self._parts(path))
+        ino = found.ino
         if ino is None:
             return None
-        inode = fs.read_inode(ino, shown)
+        inode = self._ext2.read_inode(ino, found.shown)
         return EntryStat(
             ino=ino,
             kind=_kind(inode),
@@ -496,14 +502,11 @@ class OfflineFilesystem:
         fs.unlink(parent, parts[-1], shown)
 
     def read_link(self, path: PathLike) -> str:
-        parts = self._parts(path)
-        shown = self._shown(parts)
+        found = self._entry(self._parts(path))
         fs = self._ext2
-        parent = self._folder(parts[:-1], shown, create=False)
-        ino = fs.lookup(parent, parts[-1], shown)
-        if ino is None or _kind(fs.read_inode(ino, shown)) != "symlink":
-            raise BuildError(f"{shown}: not a symbolic link")
-        return os.fsdecode(fs.read_link(ino, shown))
+        if found.ino is None or _kind(fs.read_inode(found.ino, found.shown)) != "symlink":
+            raise BuildError(f"{found.shown}: not a symbolic link")
+        return os.fsdecode(fs.read_link(found.ino, found.shown))
 
     def free_space(self) -> FreeSpace:
         counts = self._ext2.counts()
